@@ -1,0 +1,277 @@
+"""The public entry points: every long run is a generator of typed events.
+
+``iter_finetune`` and ``iter_predict`` yield :mod:`napari_emssl.engine.events` objects and
+end with :class:`RunFinished` (or :class:`RunCancelled`). The napari widgets run them in a
+thread worker; the CLI iterates them and prints a progress bar. ``finetune`` and
+``predict`` run them to completion.
+
+Only plain data goes in and out: numpy arrays, configs, events, :class:`TrainedModel`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import FinetuneConfig, PredictConfig
+from .data.labels import check_trainable, painted_slices, sparse_targets
+from .data.normalize import percentile_normalize
+from .data.patches import PatchSampler
+from .data.tiling import Cancelled
+from .data.validate import check_image, check_labels
+from .engine.cancel import CancelToken
+from .engine.device import resolve_device
+from .engine.events import Event, PredictionTile, Preview, RunCancelled, RunFinished, RunStarted
+from .engine.model_dir import TrainedModel, build_meta, load_model
+from .engine.predictor import choose_tiling, count_tiles, forward_fn, predict_image
+from .engine.trainer import TrainState, train
+from .engine.transfer import load_matching
+from .errors import InputError, ModelFormatError
+from .tasks.segmentation import dice_per_class, probabilities_to_labels, segmentation_loss
+
+NORMALIZATION = {"method": "percentile", "low": 1.0, "high": 99.8}
+
+
+@dataclass
+class FinetuneResult:
+    model: TrainedModel
+    model_dir: str | None
+    steps: int
+    seconds: float
+
+
+@dataclass
+class PredictResult:
+    labels: np.ndarray | None  # segmentation: values 1..K, same shape as the input
+    probabilities: np.ndarray | None  # (K, ...) float32 when asked for
+    seconds: float
+
+
+# ---------------------------------------------------------------------------------------------- fine-tune
+
+
+def iter_finetune(
+    image: np.ndarray,
+    labels: np.ndarray,
+    config: FinetuneConfig | None = None,
+    *,
+    cancel: CancelToken | None = None,
+    out_dir: str | None = None,
+    source: str | None = None,
+    preview_z: int | None = None,
+) -> Iterator[Event]:
+    """Fine-tune a segmentation network on ``image`` from sparse painted ``labels``.
+
+    Labels: 0 = not painted (ignored), 1 = background, 2.. = classes. For stacks only the
+    painted slices are used. ``out_dir`` (optional) receives the model directory, also
+    when the run is stopped (the model trained so far is kept, never lost).
+    """
+    config = config or FinetuneConfig()
+    if config.task != "segment":
+        raise InputError(f"fine-tuning for task {config.task!r} is not available in this version; use --task segment")
+    image = check_image(image)
+    labels = check_labels(labels, image.shape)
+    classes = check_trainable(labels)
+    num_classes = max(classes)
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+
+    net, init_info = _initial_network(config, num_classes)
+    net.to(device)
+    if device.type == "cuda":
+        net.to(memory_format=torch.channels_last)
+    patch = int(math.ceil(config.patch_size / net.size_multiple) * net.size_multiple)
+    norm, stats = percentile_normalize(image, NORMALIZATION["low"], NORMALIZATION["high"])
+    targets = sparse_targets(labels)
+    sampler = PatchSampler(norm, targets, patch, seed=config.seed)
+    slices = painted_slices(labels)
+    total_steps = _total_steps(config, len(slices), image.shape[-2:], patch)
+    tile, overlap = choose_tiling(net.receptive_field, config.tile, net.size_multiple)
+
+    def loss_fn(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        x, y = sampler.sample(config.batch_size)
+        x = torch.from_numpy(x).to(device, non_blocking=True)
+        y = torch.from_numpy(y).to(device, non_blocking=True)
+        return segmentation_loss(model(x), y, dice_weight=config.dice_weight)
+
+    z_preview = preview_z if (image.ndim == 3 and preview_z is not None and 0 <= preview_z < image.shape[0]) else None
+    if image.ndim == 3 and z_preview is None:
+        z_preview = slices[0]
+    fn = forward_fn(net, device, amp=config.amp)
+
+    def preview_fn(step: int) -> Preview:
+        plane = norm[z_preview] if z_preview is not None else norm
+        probs = predict_image(fn, plane, out_channels=num_classes, tile=tile, overlap=overlap, batch_size=4,
+                              size_multiple=net.size_multiple, cancel=cancel)
+        return Preview(step=step, data=probabilities_to_labels(probs), z=z_preview)
+
+    painted_per_class = {int(c): int((labels == c).sum()) for c in classes}
+    yield RunStarted(
+        kind="finetune", total_steps=total_steps, device=str(device),
+        info={"arch": net.arch_name, "classes": classes, "painted_pixels": painted_per_class, "painted_slices": slices,
+              "patch_size": patch, "receptive_field": net.receptive_field, **init_info},
+    )
+    state = TrainState()
+    started = time.perf_counter()
+    try:
+        yield from train(
+            net, loss_fn, total_steps=total_steps, device=device, lr=config.lr, weight_decay=config.weight_decay,
+            amp=config.amp, cancel=cancel, preview_fn=preview_fn if config.preview_every_s > 0 else None,
+            preview_every_s=config.preview_every_s, state=state,
+        )
+    except Cancelled:
+        state.cancelled = True
+    net.eval()
+    meta = build_meta(
+        net, task="segment", out_channels=num_classes, classes=list(range(1, num_classes + 1)),
+        normalization=dict(NORMALIZATION), tile=tile, overlap=overlap, seed=config.seed,
+        config=config.to_dict(),
+        lineage={"init": init_info, "finetune": {"source": source, "shape": list(image.shape), "painted_pixels": painted_per_class,
+                                                 "painted_slices": slices, "steps": state.step, "completed": not state.cancelled}},
+        metrics={"train_painted_dice": _painted_dice(fn, norm, labels, slices, num_classes, tile, overlap, net.size_multiple)}
+        if not state.cancelled else {},
+    )
+    model = TrainedModel(net=net.cpu(), meta=meta, log=state.log or [])
+    saved = str(model.save(out_dir)) if out_dir else None
+    result = FinetuneResult(model=model, model_dir=saved, steps=state.step, seconds=time.perf_counter() - started)
+    if state.cancelled:
+        yield RunCancelled(step=state.step, seconds=result.seconds, result=result)
+    else:
+        yield RunFinished(result=result, seconds=result.seconds)
+
+
+def _initial_network(config: FinetuneConfig, num_classes: int) -> tuple[torch.nn.Module, dict[str, Any]]:
+    from . import zoo
+    from .models import DEFAULT_SEGMENT_ARCH, create_model
+
+    arch = config.arch or DEFAULT_SEGMENT_ARCH
+    net = create_model(arch, in_channels=1, out_channels=num_classes, **config.arch_kwargs)
+    if config.init == "random":
+        return net, {"init": "random"}
+    if config.init == "bundled":
+        entry = zoo.bundled_for(config.task, arch)
+        if entry is None:
+            return net, {"init": "random", "init_note": f"no bundled pretrained weights for {arch!r} yet"}
+        from safetensors.torch import load_file
+
+        matched, total = load_matching(net, load_file(str(entry.path)))
+        return net, {"init": f"bundled:{entry.name}", "matched_tensors": matched, "total_tensors": total}
+    source = load_model(config.init)
+    if source.meta["arch"] != arch or source.meta["arch_kwargs"] != dict(net.arch_kwargs):
+        raise ModelFormatError(
+            f"the model in {config.init!r} is a {source.meta['arch']!r} network; fine-tuning it needs the same architecture "
+            f"(got {arch!r})"
+        )
+    matched, total = load_matching(net, source.net.state_dict())
+    return net, {"init": str(config.init), "matched_tensors": matched, "total_tensors": total}
+
+
+def _total_steps(config: FinetuneConfig, n_slices: int, shape_yx: tuple[int, int], patch: int) -> int:
+    if config.steps is not None:
+        return config.steps
+    if config.epochs is None:
+        return FinetuneConfig.DEFAULT_STEPS
+    per_epoch = math.ceil(n_slices * shape_yx[0] * shape_yx[1] / (config.batch_size * patch * patch))
+    return max(1, per_epoch * config.epochs)
+
+
+def _painted_dice(fn, norm, labels, slices, k, tile, overlap, multiple) -> dict[str, float]:
+    """Dice on the painted pixels themselves: how well the strokes are fitted (not a validation)."""
+    planes = [(norm[z], labels[z]) for z in slices[:4]] if norm.ndim == 3 else [(norm, labels)]
+    pred_all, true_all = [], []
+    for plane, lab in planes:
+        probs = predict_image(fn, plane, out_channels=k, tile=tile, overlap=overlap, batch_size=4, size_multiple=multiple)
+        painted = lab > 0
+        pred_all.append(probabilities_to_labels(probs)[painted])
+        true_all.append(lab[painted])
+    scores = dice_per_class(np.concatenate(pred_all), np.concatenate(true_all), list(range(1, k + 1)))
+    return {str(c): round(v, 4) for c, v in scores.items()}
+
+
+# ---------------------------------------------------------------------------------------------- predict
+
+
+def iter_predict(
+    model: TrainedModel | str,
+    image: np.ndarray,
+    config: PredictConfig | None = None,
+    *,
+    cancel: CancelToken | None = None,
+) -> Iterator[Event]:
+    """Apply a segmentation model to a 2D image or a stack (slice by slice)."""
+    config = config or PredictConfig()
+    if not isinstance(model, TrainedModel):
+        model = load_model(model)
+    if model.task != "segment":
+        raise ModelFormatError(f"this model was trained for {model.task!r}; only segmentation models can be applied in this version")
+    image = check_image(image)
+    device = resolve_device(config.device)
+    net = model.net.to(device).eval()
+    k = int(model.meta["out_channels"])
+    tile, overlap = choose_tiling(int(model.meta["receptive_field"]), config.tile, int(model.meta["size_multiple"]), config.overlap)
+    total = count_tiles(image.shape, tile, overlap)
+    yield RunStarted(kind="predict", total_steps=total, device=str(device), info={"tile": tile, "overlap": overlap})
+    started = time.perf_counter()
+    norm, _ = percentile_normalize(image, model.meta["normalization"]["low"], model.meta["normalization"]["high"])
+    progress: list[PredictionTile] = []
+
+    def on_tile(done: int, total_tiles: int) -> None:
+        progress.append(PredictionTile(done=done, total=total_tiles))
+
+    fn = forward_fn(net, device, amp=config.amp)
+    try:
+        probs = yield from _predict_with_events(fn, norm, k, tile, overlap, config, int(model.meta["size_multiple"]), on_tile, progress, cancel)
+    except Cancelled:
+        model.net.cpu()
+        yield RunCancelled(step=progress[-1].done if progress else 0, seconds=time.perf_counter() - started)
+        return
+    model.net.cpu()
+    labels = probabilities_to_labels(probs)
+    result = PredictResult(labels=labels, probabilities=probs if config.probabilities else None, seconds=time.perf_counter() - started)
+    yield RunFinished(result=result, seconds=result.seconds)
+
+
+def _predict_with_events(fn, norm, k, tile, overlap, config, multiple, on_tile, progress, cancel):
+    """Predict slice by slice, yielding PredictionTile events between slices and tile batches."""
+    planes = [norm] if norm.ndim == 2 else list(norm)
+    outs = []
+    for plane in planes:
+        out = predict_image(fn, plane, out_channels=k, tile=tile, overlap=overlap, batch_size=config.batch_size,
+                            size_multiple=multiple, on_tile=on_tile, cancel=cancel)
+        outs.append(out)
+        while progress:
+            event = progress.pop(0)
+            if not progress:
+                yield event
+        if cancel is not None and cancel.cancelled:
+            raise Cancelled()
+    return outs[0] if norm.ndim == 2 else np.stack(outs, axis=1)
+
+
+# ---------------------------------------------------------------------------------------------- run to completion
+
+
+def run_to_end(events: Iterator[Event], on_event=None) -> Event:
+    """Iterate a run; return its last event (RunFinished or RunCancelled)."""
+    last = None
+    for event in events:
+        if on_event is not None:
+            on_event(event)
+        last = event
+    return last
+
+
+def finetune(image: np.ndarray, labels: np.ndarray, config: FinetuneConfig | None = None, **kwargs: Any) -> FinetuneResult:
+    """Fine-tune to completion and return the result."""
+    return run_to_end(iter_finetune(image, labels, config, **kwargs)).result
+
+
+def predict(model: TrainedModel | str, image: np.ndarray, config: PredictConfig | None = None, **kwargs: Any) -> PredictResult:
+    """Predict to completion and return the result."""
+    return run_to_end(iter_predict(model, image, config, **kwargs)).result

@@ -1,0 +1,114 @@
+"""Configuration of fine-tuning and prediction runs.
+
+Plain frozen dataclasses validated on construction, so a bad value fails before any
+work starts, with a message that names the field. ``to_dict``/``from_dict`` round-trip
+through JSON (stored in ``model.json``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import InputError
+
+SCHEMA_VERSION = 1
+TASKS = ("segment", "denoise", "bgremove", "superres")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _positive_int(name: str, value: Any, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"{name} must be a positive whole number, got {value!r}")
+
+
+def _check_device(device: str) -> None:
+    if device not in DEVICES and not str(device).startswith("cuda:"):
+        raise InputError(f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {device!r}")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """How to fine-tune a network on an image and its (sparse) labels.
+
+    The defaults were chosen by measurement on the ssTEM benchmark (docs/benchmarks.md):
+    they give a useful segmentation in a few minutes on a 2-core CPU.
+    """
+
+    task: str = "segment"
+    arch: str | None = None  # None: the default architecture of the task
+    arch_kwargs: dict = field(default_factory=dict)
+    init: str = "bundled"  # "bundled" | "random" | path to a model directory
+    steps: int | None = None  # optimiser steps; if both are None, the default steps are used
+    epochs: int | None = None  # one epoch = as many patches as cover the painted slices once
+    batch_size: int = 8
+    patch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    dice_weight: float = 1.0
+    device: str = "auto"
+    amp: bool = True  # bf16 autocast on CUDA only
+    seed: int = 0
+    preview_every_s: float = 10.0  # 0 disables live previews
+    tile: int = 256
+    schema_version: int = SCHEMA_VERSION
+
+    DEFAULT_STEPS = 600
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise InputError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.steps is not None and self.epochs is not None:
+            raise InputError("give either steps or epochs, not both")
+        _positive_int("steps", self.steps, allow_none=True)
+        _positive_int("epochs", self.epochs, allow_none=True)
+        _positive_int("batch_size", self.batch_size)
+        _positive_int("patch_size", self.patch_size)
+        _positive_int("tile", self.tile)
+        if self.patch_size < 16:
+            raise InputError(f"patch_size must be at least 16 pixels, got {self.patch_size}")
+        if not (0 < self.lr < 1):
+            raise InputError(f"lr must be between 0 and 1, got {self.lr}")
+        if self.weight_decay < 0 or self.dice_weight < 0 or self.preview_every_s < 0:
+            raise InputError("weight_decay, dice_weight and preview_every_s cannot be negative")
+        if not isinstance(self.arch_kwargs, dict):
+            raise InputError("arch_kwargs must be a dictionary")
+        _check_device(self.device)
+        if self.schema_version != SCHEMA_VERSION:
+            raise InputError(f"unknown configuration schema version {self.schema_version} (this version reads {SCHEMA_VERSION})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FinetuneConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InputError(f"unknown fine-tuning setting(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> FinetuneConfig:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """How to apply a trained model to images."""
+
+    device: str = "auto"
+    tile: int = 256
+    overlap: int | None = None  # None: at least half the receptive field, rounded up
+    batch_size: int = 4
+    amp: bool = True
+    probabilities: bool = False  # also return per-class probabilities (segmentation)
+
+    def __post_init__(self) -> None:
+        _check_device(self.device)
+        _positive_int("tile", self.tile)
+        _positive_int("batch_size", self.batch_size)
+        if self.overlap is not None and (not isinstance(self.overlap, int) or self.overlap < 0):
+            raise InputError(f"overlap must be a non-negative whole number, got {self.overlap!r}")

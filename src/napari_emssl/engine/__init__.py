@@ -1,0 +1,1 @@
+"""Training and prediction machinery: events, cancellation, device choice, the loop."""

@@ -1,0 +1,34 @@
+"""Pick the compute device: CUDA when present, else Apple MPS, else the CPU."""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import InputError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """Turn ``auto``/``cpu``/``cuda``/``cuda:N``/``mps`` into a usable :class:`torch.device`."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InputError("device 'cuda' was asked for, but no CUDA GPU is available here (use --device auto or cpu)")
+        return torch.device(name)
+    if name == "mps":
+        if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+            raise InputError("device 'mps' was asked for, but Apple MPS is not available here (use --device auto or cpu)")
+        return torch.device("mps")
+    raise InputError(f"unknown device {name!r}: use auto, cpu, cuda or mps")
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """bf16 autocast on CUDA when enabled; a no-op context elsewhere."""
+    use = enabled and device.type == "cuda"
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use)

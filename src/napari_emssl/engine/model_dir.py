@@ -1,0 +1,176 @@
+"""The model directory: ``model.safetensors`` (weights) + ``model.json`` (everything else).
+
+A model directory alone rebuilds the model. Weights are never pickled. Files are written
+to temporary names and renamed, so an interrupted save never leaves a half-written
+file under the final name. Unknown format versions, another task and weights that do
+not fit the architecture are refused with a message that says what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .. import __version__
+from ..errors import ModelFormatError
+
+FORMAT_VERSION = 1
+WEIGHTS_NAME = "model.safetensors"
+META_NAME = "model.json"
+LOG_NAME = "log.csv"
+REQUIRED_KEYS = ("format_version", "arch", "arch_kwargs", "in_channels", "out_channels", "task")
+
+
+@dataclass
+class TrainedModel:
+    """A network and the metadata that says what it is and how it was made."""
+
+    net: torch.nn.Module
+    meta: dict[str, Any]
+    log: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def task(self) -> str:
+        return self.meta["task"]
+
+    @property
+    def classes(self) -> list[int]:
+        return list(self.meta.get("classes", []))
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write the model directory atomically (each file via a temporary name)."""
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().to("cpu").contiguous() for k, v in self.net.state_dict().items()}
+        _atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+        meta = dict(self.meta, format_version=FORMAT_VERSION, package_version=__version__)
+        _atomic_write(path / META_NAME, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, default=_json_default)))
+        if self.log:
+            _atomic_write(path / LOG_NAME, lambda tmp: Path(tmp).write_text(_log_csv(self.log)))
+        return path
+
+
+def build_meta(net: torch.nn.Module, *, task: str, **extra: Any) -> dict[str, Any]:
+    """Metadata shared by every saved model; ``extra`` adds task-specific fields."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "package_version": __version__,
+        "arch": net.arch_name,
+        "arch_kwargs": dict(net.arch_kwargs),
+        "in_channels": int(extra.pop("in_channels", 1)),
+        "out_channels": int(extra.pop("out_channels")),
+        "receptive_field": int(net.receptive_field),
+        "size_multiple": int(net.size_multiple),
+        "task": task,
+        "input_axes": "YX",
+        **extra,
+    }
+
+
+def load_model(directory: str | os.PathLike, *, task: str | None = None, map_location: str = "cpu") -> TrainedModel:
+    """Rebuild a model from its directory; refuse anything that does not fit."""
+    from ..models import create_model  # local: models import timm/smp, which are slow to import
+
+    path = Path(directory)
+    if path.is_file() and path.name in (WEIGHTS_NAME, META_NAME):
+        path = path.parent
+    meta_path, weights_path = path / META_NAME, path / WEIGHTS_NAME
+    if not path.is_dir():
+        raise ModelFormatError(f"model directory {str(path)!r} does not exist")
+    if not meta_path.is_file() or not weights_path.is_file():
+        raise ModelFormatError(f"{str(path)!r} is not a model directory: it needs {META_NAME} and {WEIGHTS_NAME}")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFormatError(f"{meta_path} is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or any(k not in meta for k in REQUIRED_KEYS):
+        missing = [k for k in REQUIRED_KEYS if not isinstance(meta, dict) or k not in meta]
+        raise ModelFormatError(f"{meta_path} lacks required field(s): {', '.join(missing)}")
+    version = meta["format_version"]
+    if version != FORMAT_VERSION:
+        raise ModelFormatError(
+            f"{meta_path} has model format version {version!r}; this napari-emssl ({__version__}) reads version {FORMAT_VERSION}"
+        )
+    if task is not None and meta["task"] != task:
+        raise ModelFormatError(f"the model in {str(path)!r} was trained for task {meta['task']!r}, not {task!r}")
+    net = create_model(meta["arch"], in_channels=meta["in_channels"], out_channels=meta["out_channels"], **meta["arch_kwargs"])
+    try:
+        state = load_file(str(weights_path), device=map_location)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelFormatError(f"{weights_path} is not a readable safetensors file ({exc})") from None
+    check_state_dict(net, state, source=str(weights_path))
+    net.load_state_dict(state, strict=True)
+    net.eval()
+    return TrainedModel(net=net, meta=meta, log=_read_log(path / LOG_NAME))
+
+
+def check_state_dict(net: torch.nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:
+    """Raise ModelFormatError naming missing, unexpected or mis-shaped tensors."""
+    expected = net.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} of the wrong shape (e.g. {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)})")
+        raise ModelFormatError(f"the weights in {source} do not fit the architecture: " + "; ".join(parts))
+
+
+def _atomic_write(final: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, final)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):
+        return obj.item()
+    if isinstance(obj, (set, tuple)):
+        return list(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot store {type(obj).__name__} in model.json")
+
+
+def _log_csv(log: list[dict[str, float]]) -> str:
+    columns: list[str] = []
+    for row in log:
+        columns += [k for k in row if k not in columns]
+    lines = [",".join(columns)]
+    for row in log:
+        lines.append(",".join("" if row.get(c) is None else f"{row[c]:.6g}" for c in columns))
+    return "\n".join(lines) + "\n"
+
+
+def _read_log(path: Path) -> list[dict[str, float]]:
+    if not path.is_file():
+        return []
+    lines = path.read_text().splitlines()
+    if not lines:
+        return []
+    header = lines[0].split(",")
+    rows = []
+    for line in lines[1:]:
+        values = line.split(",")
+        rows.append({k: float(v) for k, v in zip(header, values) if v != ""})
+    return rows

@@ -1,0 +1,1 @@
+"""Downstream tasks: what a model learns to output, its losses and metrics."""
