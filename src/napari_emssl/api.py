@@ -23,7 +23,7 @@ from .config import FinetuneConfig, PredictConfig
 from .data.labels import check_trainable, painted_slices, sparse_targets
 from .data.normalize import percentile_normalize
 from .data.patches import PatchSampler
-from .data.tiling import Cancelled
+from .data.tiling import Cancelled, iter_tiled
 from .data.validate import check_image, check_labels
 from .engine.cancel import CancelToken
 from .engine.device import resolve_device
@@ -219,39 +219,30 @@ def iter_predict(
     yield RunStarted(kind="predict", total_steps=total, device=str(device), info={"tile": tile, "overlap": overlap})
     started = time.perf_counter()
     norm, _ = percentile_normalize(image, model.meta["normalization"]["low"], model.meta["normalization"]["high"])
-    progress: list[PredictionTile] = []
-
-    def on_tile(done: int, total_tiles: int) -> None:
-        progress.append(PredictionTile(done=done, total=total_tiles))
-
     fn = forward_fn(net, device, amp=config.amp)
+    planes = [norm] if norm.ndim == 2 else list(norm)
+    outs, done = [], 0
     try:
-        probs = yield from _predict_with_events(fn, norm, k, tile, overlap, config, int(model.meta["size_multiple"]), on_tile, progress, cancel)
+        for plane in planes:
+            tiles = iter_tiled(fn, plane, out_channels=k, tile=tile, overlap=overlap, batch_size=config.batch_size,
+                               size_multiple=int(model.meta["size_multiple"]), cancel=cancel)
+            while True:
+                try:
+                    plane_done, _ = next(tiles)
+                except StopIteration as stop:
+                    outs.append(stop.value)
+                    done += plane_done
+                    break
+                yield PredictionTile(done=done + plane_done, total=total)
     except Cancelled:
         model.net.cpu()
-        yield RunCancelled(step=progress[-1].done if progress else 0, seconds=time.perf_counter() - started)
+        yield RunCancelled(step=done, seconds=time.perf_counter() - started)
         return
     model.net.cpu()
+    probs = outs[0] if norm.ndim == 2 else np.stack(outs, axis=1)
     labels = probabilities_to_labels(probs)
     result = PredictResult(labels=labels, probabilities=probs if config.probabilities else None, seconds=time.perf_counter() - started)
     yield RunFinished(result=result, seconds=result.seconds)
-
-
-def _predict_with_events(fn, norm, k, tile, overlap, config, multiple, on_tile, progress, cancel):
-    """Predict slice by slice, yielding PredictionTile events between slices and tile batches."""
-    planes = [norm] if norm.ndim == 2 else list(norm)
-    outs = []
-    for plane in planes:
-        out = predict_image(fn, plane, out_channels=k, tile=tile, overlap=overlap, batch_size=config.batch_size,
-                            size_multiple=multiple, on_tile=on_tile, cancel=cancel)
-        outs.append(out)
-        while progress:
-            event = progress.pop(0)
-            if not progress:
-                yield event
-        if cancel is not None and cancel.cancelled:
-            raise Cancelled()
-    return outs[0] if norm.ndim == 2 else np.stack(outs, axis=1)
 
 
 # ---------------------------------------------------------------------------------------------- run to completion

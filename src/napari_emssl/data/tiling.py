@@ -71,7 +71,7 @@ def _window_1d(tile: int, overlap: int, taper_start: bool, taper_end: bool) -> n
     return w
 
 
-def predict_tiled(
+def iter_tiled(
     fn,
     image: np.ndarray,
     *,
@@ -80,15 +80,17 @@ def predict_tiled(
     overlap: int = 64,
     batch_size: int = 4,
     size_multiple: int = 1,
-    on_tile=None,
     cancel=None,
-) -> np.ndarray:
-    """Apply ``fn`` to overlapping tiles of a 2D image and blend them into ``(out_channels, Y, X)`` float32.
+):
+    """Generator form of :func:`predict_tiled`: yields ``(done, total)`` after every batch
+    and returns the blended array (``StopIteration.value``; use ``yield from``).
+
+    Apply ``fn`` to overlapping tiles of a 2D image and blend them into ``(out_channels, Y, X)`` float32.
 
     ``fn`` takes a float32 batch ``(B, 1, t, t)`` and returns ``(B, out_channels, t, t)``
     (numpy, or a torch tensor), where ``t`` is ``tile`` rounded up to ``size_multiple``.
     Images smaller than a tile are reflect-padded. ``on_tile(done, total)`` is called after
-    every batch; if ``cancel.cancelled`` becomes true, :class:`Cancelled` is raised before
+    every batch (``predict_tiled``); if ``cancel.cancelled`` becomes true, :class:`Cancelled` is raised before
     the next batch.
     """
     image = np.asarray(image)
@@ -133,7 +135,33 @@ def predict_tiled(
             out[:, y : y + t, x : x + t] += pred[i] * w
             weight[y : y + t, x : x + t] += w
         done += len(chunk)
-        if on_tile is not None:
-            on_tile(done, total)
+        yield done, total
     out /= np.maximum(weight, np.float32(1e-6))
     return np.ascontiguousarray(out[:, :ny, :nx])
+
+
+def predict_tiled(
+    fn,
+    image: np.ndarray,
+    *,
+    out_channels: int,
+    tile: int = 256,
+    overlap: int = 64,
+    batch_size: int = 4,
+    size_multiple: int = 1,
+    on_tile=None,
+    cancel=None,
+) -> np.ndarray:
+    """Apply ``fn`` to overlapping tiles of a 2D image and blend them; see :func:`iter_tiled`.
+
+    ``on_tile(done, total)`` is called after every batch.
+    """
+    steps = iter_tiled(fn, image, out_channels=out_channels, tile=tile, overlap=overlap, batch_size=batch_size,
+                       size_multiple=size_multiple, cancel=cancel)
+    while True:
+        try:
+            done, total = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        if on_tile is not None:
+            on_tile(done, total)

@@ -13,13 +13,16 @@ from .device import autocast
 
 
 def choose_tiling(receptive_field: int, tile: int, size_multiple: int, overlap: int | None = None) -> tuple[int, int]:
-    """Tile size and overlap: overlap >= half the receptive field, tile >= 2 x overlap.
+    """Tile size and overlap: overlap >= the receptive field's reach to one side, tile >= 2 x overlap.
+
+    The reach of a network with an (exact, worst-case) receptive field ``rf`` is at most
+    ``rf // 2 + 1`` pixels to each side (pooling makes it depend on the pixel position).
 
     Both are rounded up to the model's size multiple so every tile is a valid input.
     """
     m = max(1, int(size_multiple))
     if overlap is None:
-        overlap = math.ceil(receptive_field / 2)
+        overlap = receptive_field // 2 + 1
     overlap = int(math.ceil(overlap / m) * m) if overlap else 0
     tile = max(int(tile), 2 * overlap + m)
     tile = int(math.ceil(tile / m) * m)

@@ -1,0 +1,184 @@
+"""What each ``emssl`` sub-command does (parsing lives in :mod:`napari_emssl.cli`)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from . import api
+from .cli import EXIT_CANCELLED, EXIT_ERROR, EXIT_OK, output_path
+from .config import FinetuneConfig, PredictConfig
+from .engine.cancel import CancelToken
+from .engine.events import PredictionTile, Preview, RunCancelled, RunFinished, RunStarted, StepEnd
+from .errors import InputError
+from .io import read_image, write_image
+
+
+class Progress:
+    """A one-line progress bar on stderr (tqdm), fed by run events."""
+
+    def __init__(self, desc: str, quiet: bool = False) -> None:
+        self.desc, self.quiet, self.bar = desc, quiet, None
+
+    def __call__(self, event) -> None:
+        if self.quiet:
+            return
+        from tqdm import tqdm
+
+        if isinstance(event, RunStarted):
+            self.bar = tqdm(total=event.total_steps, desc=f"{self.desc} [{event.device}]", unit="step" if event.kind != "predict" else "tile",
+                            file=sys.stderr, dynamic_ncols=True)
+        elif isinstance(event, StepEnd) and self.bar is not None:
+            self.bar.n = event.step
+            self.bar.set_postfix({k: f"{v:.4f}" for k, v in event.losses.items() if k == "loss"}, refresh=False)
+            self.bar.refresh()
+        elif isinstance(event, PredictionTile) and self.bar is not None:
+            self.bar.total = event.total
+            self.bar.n = event.done
+            self.bar.refresh()
+        elif isinstance(event, (RunFinished, RunCancelled)) and self.bar is not None:
+            self.bar.close()
+
+
+@contextlib.contextmanager
+def ctrl_c_cancels(token: CancelToken):
+    """First Ctrl-C asks the run to stop (it then keeps what it has); a second one aborts."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if token.cancelled:
+            raise KeyboardInterrupt
+        token.cancel()
+        print("\nemssl: stopping after this step (Ctrl-C again to abort)...", file=sys.stderr)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _quiet_tifffile() -> None:
+    import logging
+
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)
+
+
+def finetune(args) -> int:
+    _quiet_tifffile()
+    if args.task != "segment":
+        raise InputError(f"fine-tuning for task {args.task!r} is not available in this version; use --task segment")
+    if not args.labels:
+        raise InputError("--labels is needed for segmentation: a label image with a few painted strokes")
+    image, meta = read_image(args.image)
+    labels, _ = read_image(args.labels)
+    config = FinetuneConfig(
+        task=args.task, arch=args.arch, init=args.init, steps=args.steps, epochs=args.epochs, batch_size=args.batch_size,
+        patch_size=args.patch_size, lr=args.lr, seed=args.seed, device=args.device, preview_every_s=0,
+    )
+    token = CancelToken()
+    with ctrl_c_cancels(token):
+        last = api.run_to_end(
+            api.iter_finetune(image, labels, config, cancel=token, out_dir=args.out, source=str(args.image)),
+            Progress("fine-tune", args.quiet),
+        )
+    result = last.result
+    if isinstance(last, RunCancelled):
+        print(f"emssl: cancelled at step {result.steps}; the model trained so far is in {result.model_dir}", file=sys.stderr)
+        return EXIT_CANCELLED
+    dice = result.model.meta.get("metrics", {}).get("train_painted_dice", {})
+    print(f"model written to {result.model_dir} ({result.steps} steps, {result.seconds:.1f} s; "
+          f"Dice on the painted pixels: {json.dumps(dice)})")
+    return EXIT_OK
+
+
+def predict(args) -> int:
+    _quiet_tifffile()
+    from .engine.model_dir import load_model
+
+    model = load_model(args.model)
+    config = PredictConfig(device=args.device, tile=args.tile, batch_size=args.batch_size, probabilities=args.probabilities)
+    token = CancelToken()
+    failed = 0
+    for path in args.input:
+        try:
+            image, meta = read_image(path)
+        except InputError as exc:
+            print(f"emssl: error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        with ctrl_c_cancels(token):
+            last = api.run_to_end(api.iter_predict(model, image, config, cancel=token), Progress(Path(path).name, args.quiet))
+        if isinstance(last, RunCancelled):
+            print("emssl: cancelled; outputs written so far are complete", file=sys.stderr)
+            return EXIT_CANCELLED
+        target = output_path(args.out, path)
+        write_image(target, last.result.labels, scale=meta.scale)
+        if last.result.probabilities is not None:
+            write_image(output_path(args.out, path, "_probabilities"), last.result.probabilities.astype(np.float32))
+        print(f"{path} -> {target}")
+    return EXIT_ERROR if failed else EXIT_OK
+
+
+def models(args) -> int:
+    from .engine.model_dir import load_model
+    from .models import list_models
+    from .zoo import list_bundled
+
+    print("architectures:")
+    for info in list_models():
+        print(f"  {info.name:<22} {info.family:<8} receptive field {info.receptive_field:>5} px  {info.description}")
+    bundled = list_bundled()
+    print("bundled pretrained weights:" + ("" if bundled else " none in this version"))
+    for entry in bundled:
+        print(f"  {entry.name:<22} {entry.arch:<22} {entry.method:<8} tasks: {', '.join(entry.tasks)}")
+    if args.dir:
+        print(f"model directories below {args.dir}:")
+        for meta_path in sorted(Path(args.dir).rglob("model.json")):
+            try:
+                m = load_model(meta_path.parent)
+                print(f"  {meta_path.parent}  {m.meta['task']:<8} {m.meta['arch']:<22} classes {m.classes}")
+            except Exception as exc:  # noqa: BLE001 - list what is wrong, keep listing
+                print(f"  {meta_path.parent}  unreadable: {exc}")
+    return EXIT_OK
+
+
+def demo(args) -> int:
+    """Fine-tune on the sample strokes, segment the whole sample stack, score against its mask."""
+    from .sample import CITATION, load_sstem_sample
+    from .tasks.segmentation import dice_per_class
+
+    sample = load_sstem_sample()
+    out = Path(args.out)
+    print(f"sample data: {sample.image.shape} ssTEM crop ({CITATION})")
+    config = FinetuneConfig(steps=args.steps, device=args.device, preview_every_s=0)
+    token = CancelToken()
+    with ctrl_c_cancels(token):
+        last = api.run_to_end(
+            api.iter_finetune(sample.image, sample.strokes, config, cancel=token, out_dir=str(out / "model"), source="sample"),
+            Progress("fine-tune", args.quiet),
+        )
+        if isinstance(last, RunCancelled):
+            return EXIT_CANCELLED
+        pred = api.run_to_end(api.iter_predict(last.result.model, sample.image, PredictConfig(device=args.device), cancel=token),
+                              Progress("predict", args.quiet))
+    if isinstance(pred, RunCancelled):
+        return EXIT_CANCELLED
+    write_image(out / "sstem_crop.tif", sample.image)
+    write_image(out / "sstem_prediction.tif", pred.result.labels)
+    unpainted = slice(1, None)  # strokes are on slice 0 only
+    dice = dice_per_class(pred.result.labels[unpainted], sample.truth[unpainted], [2])[2]
+    print(f"fine-tuned in {last.result.seconds:.0f} s; mitochondria Dice on the 4 unpainted slices: {dice:.3f}")
+    print(f"written: {out / 'model'}, {out / 'sstem_prediction.tif'}")
+    return EXIT_OK
+
+
+__all__ = ["finetune", "predict", "models", "demo", "Preview"]
