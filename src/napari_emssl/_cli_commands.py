@@ -72,6 +72,19 @@ def _quiet_tifffile() -> None:
     logging.getLogger("tifffile").setLevel(logging.CRITICAL)
 
 
+def _arch_kwargs(text: str | None) -> dict:
+    """``--arch-kwargs`` JSON -> dict (an InputError with the reason when it is not a JSON object)."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"--arch-kwargs is not valid JSON ({exc.msg}); expected e.g. '{{\"base_channels\": 8}}'") from None
+    if not isinstance(value, dict):
+        raise InputError(f"--arch-kwargs must be a JSON object such as '{{\"base_channels\": 8}}', got {text!r}")
+    return value
+
+
 def finetune(args) -> int:
     _quiet_tifffile()
     if args.task != "segment":
@@ -81,8 +94,9 @@ def finetune(args) -> int:
     image, meta = read_image(args.image)
     labels, _ = read_image(args.labels)
     config = FinetuneConfig(
-        task=args.task, arch=args.arch, init=args.init, steps=args.steps, epochs=args.epochs, batch_size=args.batch_size,
-        patch_size=args.patch_size, lr=args.lr, seed=args.seed, device=args.device, preview_every_s=0,
+        task=args.task, arch=args.arch, arch_kwargs=_arch_kwargs(args.arch_kwargs), init=args.init, steps=args.steps,
+        epochs=args.epochs, batch_size=args.batch_size, patch_size=args.patch_size, lr=args.lr, seed=args.seed,
+        device=args.device, preview_every_s=0,
     )
     token = CancelToken()
     with ctrl_c_cancels(token):
@@ -100,30 +114,52 @@ def finetune(args) -> int:
     return EXIT_OK
 
 
+def _write_probabilities(path: Path, probs: np.ndarray) -> None:
+    """(K, Y, X) via write_image; a stack's (K, Z, Y, X) as a 4D TIFF with axes CZYX (write_image takes 2D/3D only)."""
+    probs = probs.astype(np.float32, copy=False)
+    if probs.ndim <= 3:
+        write_image(path, probs)
+        return
+    import os
+
+    import tifffile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tifffile.imwrite(tmp, probs, compression="zlib", photometric="minisblack", metadata={"axes": "CZYX"})
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise InputError(f"Could not write '{path}' ({exc.strerror or exc}); check the disk space and permissions.") from exc
+
+
 def predict(args) -> int:
     _quiet_tifffile()
+    from .engine.device import resolve_device
     from .engine.model_dir import load_model
 
-    model = load_model(args.model)
     config = PredictConfig(device=args.device, tile=args.tile, batch_size=args.batch_size, probabilities=args.probabilities)
+    resolve_device(config.device)  # a device that is not there fails once, before any input is read
+    model = load_model(args.model)
     token = CancelToken()
     failed = 0
     for path in args.input:
         try:
             image, meta = read_image(path)
-        except InputError as exc:
+            with ctrl_c_cancels(token):
+                last = api.run_to_end(api.iter_predict(model, image, config, cancel=token), Progress(Path(path).name, args.quiet))
+            if isinstance(last, RunCancelled):
+                print("emssl: cancelled; outputs written so far are complete", file=sys.stderr)
+                return EXIT_CANCELLED
+            target = output_path(args.out, path)
+            write_image(target, last.result.labels, scale=meta.scale)
+            if last.result.probabilities is not None:
+                _write_probabilities(output_path(args.out, path, "_probabilities"), last.result.probabilities)
+        except InputError as exc:  # this input is bad: say so, go on with the others, exit 1 at the end
             print(f"emssl: error: {exc}", file=sys.stderr)
             failed += 1
             continue
-        with ctrl_c_cancels(token):
-            last = api.run_to_end(api.iter_predict(model, image, config, cancel=token), Progress(Path(path).name, args.quiet))
-        if isinstance(last, RunCancelled):
-            print("emssl: cancelled; outputs written so far are complete", file=sys.stderr)
-            return EXIT_CANCELLED
-        target = output_path(args.out, path)
-        write_image(target, last.result.labels, scale=meta.scale)
-        if last.result.probabilities is not None:
-            write_image(output_path(args.out, path, "_probabilities"), last.result.probabilities.astype(np.float32))
         print(f"{path} -> {target}")
     return EXIT_ERROR if failed else EXIT_OK
 
@@ -159,7 +195,8 @@ def demo(args) -> int:
     sample = load_sstem_sample()
     out = Path(args.out)
     print(f"sample data: {sample.image.shape} ssTEM crop ({CITATION})")
-    config = FinetuneConfig(steps=args.steps, device=args.device, preview_every_s=0)
+    config = FinetuneConfig(steps=args.steps, arch=args.arch, arch_kwargs=_arch_kwargs(args.arch_kwargs), device=args.device,
+                            preview_every_s=0)
     token = CancelToken()
     with ctrl_c_cancels(token):
         last = api.run_to_end(
@@ -172,8 +209,8 @@ def demo(args) -> int:
                               Progress("predict", args.quiet))
     if isinstance(pred, RunCancelled):
         return EXIT_CANCELLED
-    write_image(out / "sstem_crop.tif", sample.image)
-    write_image(out / "sstem_prediction.tif", pred.result.labels)
+    write_image(out / "sstem_crop.tif", sample.image, scale=sample.scale)
+    write_image(out / "sstem_prediction.tif", pred.result.labels, scale=sample.scale)
     unpainted = slice(1, None)  # strokes are on slice 0 only
     dice = dice_per_class(pred.result.labels[unpainted], sample.truth[unpainted], [2])[2]
     print(f"fine-tuned in {last.result.seconds:.0f} s; mitochondria Dice on the 4 unpainted slices: {dice:.3f}")

@@ -150,8 +150,14 @@ def _initial_network(config: FinetuneConfig, num_classes: int) -> tuple[torch.nn
     from . import zoo
     from .models import DEFAULT_SEGMENT_ARCH, create_model
 
-    arch = config.arch or DEFAULT_SEGMENT_ARCH
-    net = create_model(arch, in_channels=1, out_channels=num_classes, **config.arch_kwargs)
+    source = None
+    if config.init not in ("bundled", "random"):
+        source = load_model(config.init)
+    if source is not None and config.arch is None and not config.arch_kwargs:
+        arch, arch_kwargs = source.meta["arch"], dict(source.meta["arch_kwargs"])  # no architecture asked: the source's
+    else:
+        arch, arch_kwargs = config.arch or DEFAULT_SEGMENT_ARCH, dict(config.arch_kwargs)
+    net = create_model(arch, in_channels=1, out_channels=num_classes, **arch_kwargs)
     if config.init == "random":
         return net, {"init": "random"}
     if config.init == "bundled":
@@ -162,11 +168,10 @@ def _initial_network(config: FinetuneConfig, num_classes: int) -> tuple[torch.nn
 
         matched, total = load_matching(net, load_file(str(entry.path)))
         return net, {"init": f"bundled:{entry.name}", "matched_tensors": matched, "total_tensors": total}
-    source = load_model(config.init)
     if source.meta["arch"] != arch or source.meta["arch_kwargs"] != dict(net.arch_kwargs):
         raise ModelFormatError(
-            f"the model in {config.init!r} is a {source.meta['arch']!r} network; fine-tuning it needs the same architecture "
-            f"(got {arch!r})"
+            f"the model in {str(config.init)!r} is a {source.meta['arch']!r} network with options {source.meta['arch_kwargs']}; "
+            f"fine-tuning it needs the same architecture (asked for {arch!r} with options {dict(net.arch_kwargs)})"
         )
     matched, total = load_matching(net, source.net.state_dict())
     return net, {"init": str(config.init), "matched_tensors": matched, "total_tensors": total}
@@ -214,18 +219,20 @@ def iter_predict(
     device = resolve_device(config.device)
     net = model.net.to(device).eval()
     k = int(model.meta["out_channels"])
-    tile, overlap = choose_tiling(int(model.meta["receptive_field"]), config.tile, int(model.meta["size_multiple"]), config.overlap)
+    multiple = int(model.meta.get("size_multiple", net.size_multiple))
+    normalization = model.meta.get("normalization") or NORMALIZATION
+    tile, overlap = choose_tiling(int(model.meta.get("receptive_field", net.receptive_field)), config.tile, multiple, config.overlap)
     total = count_tiles(image.shape, tile, overlap)
     yield RunStarted(kind="predict", total_steps=total, device=str(device), info={"tile": tile, "overlap": overlap})
     started = time.perf_counter()
-    norm, _ = percentile_normalize(image, model.meta["normalization"]["low"], model.meta["normalization"]["high"])
+    norm, _ = percentile_normalize(image, normalization["low"], normalization["high"])
     fn = forward_fn(net, device, amp=config.amp)
     planes = [norm] if norm.ndim == 2 else list(norm)
     outs, done = [], 0
     try:
         for plane in planes:
             tiles = iter_tiled(fn, plane, out_channels=k, tile=tile, overlap=overlap, batch_size=config.batch_size,
-                               size_multiple=int(model.meta["size_multiple"]), cancel=cancel)
+                               size_multiple=multiple, cancel=cancel)
             while True:
                 try:
                     plane_done, _ = next(tiles)

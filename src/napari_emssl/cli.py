@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--target", help="paired clean / high-resolution image (restoration tasks)")
     ft.add_argument("--out", required=True, help="model directory to write")
     ft.add_argument("--arch", help="architecture (see `emssl models`); default: the task's default")
+    ft.add_argument("--arch-kwargs", metavar="JSON", help='architecture options as JSON, e.g. \'{"base_channels": 8}\'')
     ft.add_argument("--init", default="bundled", help="bundled (default), random, or a model directory")
     budget = ft.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=int)
@@ -61,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the whole workflow on the bundled sample data, headless")
     demo.add_argument("--out", default="emssl-demo", help="output folder (default: ./emssl-demo)")
     demo.add_argument("--steps", type=int, default=None, help="fine-tuning steps (default: the fine-tuning default)")
+    demo.add_argument("--arch", help="architecture (see `emssl models`); default: the segmentation default")
+    demo.add_argument("--arch-kwargs", metavar="JSON", help="architecture options as JSON")
     common(demo)
     return parser
 

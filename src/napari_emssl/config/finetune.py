@@ -8,6 +8,8 @@ through JSON (stored in ``model.json``).
 from __future__ import annotations
 
 import dataclasses
+import numbers
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +27,14 @@ def _positive_int(name: str, value: Any, *, allow_none: bool = False) -> None:
         raise InputError(f"{name} must be a positive whole number, got {value!r}")
 
 
+def _number(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value:
+        raise InputError(f"{name} must be a number, got {value!r}")
+
+
 def _check_device(device: str) -> None:
+    if not isinstance(device, str):
+        raise InputError(f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {device!r}")
     if device not in DEVICES and not str(device).startswith("cuda:"):
         raise InputError(f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {device!r}")
 
@@ -70,6 +79,16 @@ class FinetuneConfig:
         _positive_int("tile", self.tile)
         if self.patch_size < 16:
             raise InputError(f"patch_size must be at least 16 pixels, got {self.patch_size}")
+        for name in ("lr", "weight_decay", "dice_weight", "preview_every_s"):
+            _number(name, getattr(self, name))
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise InputError(f"seed must be a whole number >= 0, got {self.seed!r}")
+        if self.arch is not None and not isinstance(self.arch, str):
+            raise InputError(f"arch must be an architecture name (see `emssl models`), got {self.arch!r}")
+        if isinstance(self.init, os.PathLike):
+            object.__setattr__(self, "init", os.fspath(self.init))  # a model directory given as a Path
+        if not isinstance(self.init, str) or not self.init:
+            raise InputError(f"init must be 'bundled', 'random' or a model directory, got {self.init!r}")
         if not (0 < self.lr < 1):
             raise InputError(f"lr must be between 0 and 1, got {self.lr}")
         if self.weight_decay < 0 or self.dice_weight < 0 or self.preview_every_s < 0:

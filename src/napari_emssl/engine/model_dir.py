@@ -99,6 +99,8 @@ def load_model(directory: str | os.PathLike, *, task: str | None = None, map_loc
         raise ModelFormatError(
             f"{meta_path} has model format version {version!r}; this napari-emssl ({__version__}) reads version {FORMAT_VERSION}"
         )
+    if not isinstance(meta["arch_kwargs"], dict):
+        raise ModelFormatError(f"{meta_path}: arch_kwargs must be a JSON object, got {meta['arch_kwargs']!r}")
     if task is not None and meta["task"] != task:
         raise ModelFormatError(f"the model in {str(path)!r} was trained for task {meta['task']!r}, not {task!r}")
     net = create_model(meta["arch"], in_channels=meta["in_channels"], out_channels=meta["out_channels"], **meta["arch_kwargs"])
@@ -172,5 +174,11 @@ def _read_log(path: Path) -> list[dict[str, float]]:
     rows = []
     for line in lines[1:]:
         values = line.split(",")
-        rows.append({k: float(v) for k, v in zip(header, values) if v != ""})
+        row = {}
+        for k, v in zip(header, values):
+            try:
+                row[k] = float(v)
+            except ValueError:  # the log is informative only: a damaged cell must not make the model unloadable
+                continue
+        rows.append(row)
     return rows

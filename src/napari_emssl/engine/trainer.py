@@ -78,14 +78,14 @@ def train(
         optimiser.zero_grad(set_to_none=True)
         with autocast(device, amp):
             losses = loss_fn(net)
+        values = {k: float(v.detach()) for k, v in losses.items()}
+        if not math.isfinite(values["loss"]):  # checked before the update, so the weights stay usable
+            raise FloatingPointError(f"the training loss became {values['loss']} at step {step}; try a lower learning rate")
         losses["loss"].backward()
         if clip_grad_norm:
             torch.nn.utils.clip_grad_norm_(net.parameters(), clip_grad_norm)
         optimiser.step()
         schedule.step()
-        values = {k: float(v.detach()) for k, v in losses.items()}
-        if not math.isfinite(values["loss"]):
-            raise FloatingPointError(f"the training loss became {values['loss']} at step {step}; try a lower learning rate")
         now = time.perf_counter()
         state.step, state.seconds = step, now - start
         state.log.append({"step": step, **values, "lr": schedule.get_last_lr()[0], "seconds": state.seconds})

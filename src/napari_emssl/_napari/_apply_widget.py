@@ -1,0 +1,242 @@
+"""The "Apply" dock widget: segment one or more image layers with a trained model.
+
+The model is either the one just trained in this viewer's Fine-tune widget (found among the
+viewer's docked widgets at the moment Apply is pressed) or a model folder. Each source image
+gets a Labels layer ``"<source> segmentation"`` with the source's scale and translate (and,
+when asked, one probability Image layer per class); re-running replaces their data.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from napari.layers import Image
+from qtpy.QtCore import QEvent
+from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QLabel, QVBoxLayout, QWidget
+
+from .. import api
+from ..config import PredictConfig
+from ..data.validate import check_image
+from ..engine.events import Event, PredictionTile, RunCancelled, RunFinished, RunStarted
+from ..engine.model_dir import META_NAME, WEIGHTS_NAME, TrainedModel, load_model
+from ..errors import EmsslError, InputError, ModelFormatError
+from ._controls import FolderEdit, LayerList, RunControls, device_combo, format_seconds
+from ._layers import class_colormap, docked_widgets, result_name, snapshot_image, spatial_kwargs, upsert_labels, upsert_probabilities
+from ._worker import Failure, RunBridge, report_failure, show_error
+
+SOURCES = (("model just trained (Fine-tune widget)", "trained"), ("model folder", "folder"))
+
+
+@dataclass(frozen=True)
+class SourceEvent:
+    """A core event of the prediction of source image number ``index`` (plain data)."""
+
+    index: int
+    event: Event
+
+
+class ApplyWidget(QWidget):
+    """Apply a segmentation model to image layers; results become Labels layers."""
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        #: extra PredictConfig fields for scripts and tests, e.g. {"tile": 128}
+        self.config_overrides: dict = {}
+        self._run: dict | None = None
+        self._build()
+        self.bridge = RunBridge({SourceEvent: self._on_source_event, Failure: self._on_failure},
+                                on_done=self._on_done, parent=self)
+        self.refresh_model_info()
+
+    def _build(self) -> None:
+        self.source_combo = QComboBox(self)
+        for text, value in SOURCES:
+            self.source_combo.addItem(text, value)
+        self.folder = FolderEdit("folder with model.json and model.safetensors", "Model folder", self)
+        self.folder.setVisible(False)
+        self.model_info = QLabel(self)
+        self.model_info.setWordWrap(True)
+        self.source_combo.currentIndexChanged.connect(lambda _: self.refresh_model_info())
+        self.folder.changed.connect(lambda _: self.refresh_model_info())
+        self.images = LayerList(self.viewer, Image, self)
+        self.images.setToolTip("The image layers to segment (Ctrl/Shift-click to choose several)")
+        self.probabilities = QCheckBox("also add class probabilities", self)
+        self.device_combo = device_combo(self)
+        form = QFormLayout()
+        form.addRow("Model", self.source_combo)
+        form.addRow("", self.folder)
+        form.addRow("", self.model_info)
+        form.addRow("Images", self.images)
+        form.addRow("", self.probabilities)
+        form.addRow("Device", self.device_combo)
+        self.controls = RunControls("Apply", self)
+        self.controls.start_button.clicked.connect(self.start)
+        self.controls.stop_button.clicked.connect(self.stop)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.controls)
+        layout.addStretch(1)
+
+    # ------------------------------------------------------------------ the model
+
+    def trained_model(self) -> TrainedModel | None:
+        """The model last trained by a Fine-tune widget docked in this viewer, if any."""
+        for widget in docked_widgets(self.viewer):
+            model = getattr(widget, "trained_model", None)
+            if isinstance(model, TrainedModel):
+                return model
+        return None
+
+    def refresh_model_info(self) -> None:
+        """Describe the chosen model under the model combo (called again when a training ends)."""
+        use_folder = self.source_combo.currentData() == "folder"
+        self.folder.setVisible(use_folder)
+        try:
+            if use_folder:
+                text = describe_model(read_model_meta(self.folder.path()))
+            else:
+                model = self.trained_model()
+                text = describe_model(model.meta) if model else "No model trained yet: use EM SSL › Fine-tune first."
+        except EmsslError as exc:
+            text = str(exc)
+        self.model_info.setText(text)
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt override
+        self.refresh_model_info()
+        super().showEvent(event)
+
+    # ------------------------------------------------------------------ actions
+
+    def config(self) -> PredictConfig:
+        values: dict[str, Any] = dict(device=self.device_combo.currentText(), probabilities=self.probabilities.isChecked())
+        values.update(self.config_overrides)
+        return PredictConfig(**values)
+
+    def start(self) -> bool:
+        """Check the choices here (main thread), then segment every chosen image in a worker."""
+        if self.bridge.running:
+            return False
+        try:
+            model, jobs, config = self._prepare()
+        except EmsslError as exc:
+            show_error(str(exc))
+            self.controls.set_status(str(exc))
+            return False
+        self._run = {"names": [j[0] for j in jobs], "spatial": [j[2] for j in jobs], "done": 0}
+        self.controls.set_running(True)
+        self.controls.set_progress(0, 1, "starting…")
+        self.controls.set_status(f"Segmenting {len(jobs)} image{'s' if len(jobs) != 1 else ''}…")
+        images = [(name, data) for name, data, _ in jobs]
+
+        def make_run(token):
+            net = model if isinstance(model, TrainedModel) else load_model(model)
+            for index, (_, image) in enumerate(images):
+                for event in api.iter_predict(net, image, config, cancel=token):
+                    yield SourceEvent(index, event)
+                    if isinstance(event, RunCancelled):
+                        return
+
+        self.bridge.start(make_run)
+        return True
+
+    def _prepare(self) -> tuple[TrainedModel | str, list[tuple[str, Any, dict]], PredictConfig]:
+        if self.source_combo.currentData() == "folder":
+            model: TrainedModel | str = self.folder.path()
+            read_model_meta(model)  # cheap checks here; the weights are checked in the worker
+        else:
+            model = self.trained_model()
+            if model is None:
+                raise InputError("No model has been trained in this viewer yet: train one with EM SSL › Fine-tune, "
+                                 "or choose a model folder.")
+        layers = self.images.selected_layers()
+        if not layers:
+            raise InputError("Choose at least one image layer to segment.")
+        config = self.config()
+        jobs = [(layer.name, check_image(snapshot_image(layer), name=f"image {layer.name!r}"), spatial_kwargs(layer))
+                for layer in layers]
+        return model, jobs, config
+
+    def stop(self) -> None:
+        if self.bridge.running:
+            self.bridge.stop()
+            self.controls.stop_button.setEnabled(False)
+            self.controls.set_status("Stopping…")
+
+    # ------------------------------------------------------------------ events (main thread)
+
+    def _on_source_event(self, item: SourceEvent) -> None:
+        run, event = self._run, item.event
+        if run is None:
+            return
+        name, count = run["names"][item.index], len(run["names"])
+        where = f"{name} ({item.index + 1}/{count})" if count > 1 else name
+        if isinstance(event, RunStarted):
+            self.controls.set_progress(0, event.total_steps, f"{where}: tile 0 / {event.total_steps}")
+        elif isinstance(event, PredictionTile):
+            self.controls.set_progress(event.done, event.total, f"{where}: tile {event.done} / {event.total}")
+        elif isinstance(event, RunFinished):
+            result, spatial = event.result, run["spatial"][item.index]
+            upsert_labels(self.viewer, result_name(name, "segmentation"), result.labels, spatial,
+                          colormap=class_colormap(background=False), opacity=0.55)
+            if result.probabilities is not None:
+                upsert_probabilities(self.viewer, name, result.probabilities, spatial)
+            run["done"] += 1
+            self.controls.set_status(f"Segmented {run['done']} of {count} image{'s' if count != 1 else ''} "
+                                     f"(last: {name!r} in {format_seconds(result.seconds)}).")
+        elif isinstance(event, RunCancelled):
+            self.controls.set_status(f"Stopped: {run['done']} of {count} image{'s' if count != 1 else ''} segmented; "
+                                     "the others are unchanged.")
+
+    def _on_failure(self, failure: Failure) -> None:
+        self.controls.set_status(report_failure(failure, "applying the model"))
+
+    def _on_done(self) -> None:
+        self.controls.set_running(False)
+        self._run = None
+
+    # ------------------------------------------------------------------ closing stops the run
+
+    def event(self, event) -> bool:
+        if event.type() == QEvent.Type.ParentChange and self.parent() is None and hasattr(self, "bridge"):
+            self.bridge.abandon()
+        return super().event(event)
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt override
+        self.bridge.abandon()
+        super().closeEvent(event)
+
+
+def read_model_meta(folder: str) -> dict:
+    """model.json of a model folder, with the cheap checks done on the main thread."""
+    if not folder:
+        raise InputError("Choose the model folder (the one with model.json and model.safetensors).")
+    path = Path(folder)
+    if not path.is_dir():
+        raise ModelFormatError(f"Model folder {folder!r} does not exist.")
+    if not (path / META_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
+        raise ModelFormatError(f"{folder!r} is not a model folder: it needs {META_NAME} and {WEIGHTS_NAME}.")
+    try:
+        meta = json.loads((path / META_NAME).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ModelFormatError(f"{path / META_NAME} is not readable JSON ({exc}).") from None
+    if not isinstance(meta, dict) or "arch" not in meta:
+        raise ModelFormatError(f"{path / META_NAME} does not describe a napari-emssl model.")
+    if meta.get("task", "segment") != "segment":
+        raise ModelFormatError(f"The model in {folder!r} was trained for {meta['task']!r}; this widget applies "
+                               "segmentation models.")
+    return meta
+
+
+def describe_model(meta: dict) -> str:
+    classes = meta.get("classes") or list(range(1, int(meta.get("out_channels", 0)) + 1))
+    text = f"{meta.get('arch')} · classes {classes}"
+    finetune = (meta.get("lineage") or {}).get("finetune") or {}
+    if finetune:
+        text += f" · fine-tuned {finetune.get('steps')} steps on {finetune.get('source') or 'an image'}"
+        if finetune.get("completed") is False:
+            text += " (stopped early)"
+    return text

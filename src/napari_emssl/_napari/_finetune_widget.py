@@ -1,0 +1,393 @@
+"""The "Fine-tune" dock widget: train a segmentation network on the strokes painted in a
+Labels layer, with a live loss plot and a live preview layer.
+
+The widget only builds a :class:`~napari_emssl.config.FinetuneConfig`, snapshots the layer
+data and runs :func:`napari_emssl.api.iter_finetune` through :class:`._worker.RunBridge`;
+its event handlers update the progress bar, the loss plot and the preview layer. The
+trained model stays on the widget (:attr:`FinetuneWidget.trained_model`), where the Apply
+widget finds it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from napari.layers import Image, Labels
+from qtpy.QtCore import QEvent, Signal
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+from superqt import QCollapsible
+
+from .. import api, zoo
+from ..config import FinetuneConfig
+from ..data.labels import check_trainable
+from ..data.validate import check_image, check_labels
+from ..engine.events import Preview, RunCancelled, RunFinished, RunStarted, StepEnd
+from ..engine.model_dir import META_NAME, TrainedModel
+from ..errors import EmsslError, InputError
+from ..models import DEFAULT_SEGMENT_ARCH, list_models
+from ._controls import FolderEdit, LayerCombo, RunControls, device_combo, format_seconds
+from ._layers import (
+    class_colormap,
+    current_slice,
+    docked_widgets,
+    result_name,
+    snapshot_image,
+    snapshot_labels,
+    spatial_kwargs,
+    upsert_labels,
+)
+from ._loss_plot import LossPlot
+from ._worker import Failure, RunBridge, report_failure, show_error, show_info
+
+INITS = (("bundled pretrained weights", "bundled"), ("random weights", "random"), ("a model folder…", "folder"))
+
+
+class FinetuneWidget(QWidget):
+    """Fine-tune a segmentation network on painted labels (0 unpainted, 1 background, 2.. classes)."""
+
+    model_trained = Signal(object)  # the TrainedModel, once a run has finished or was stopped
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        #: the model of the last run (finished, or stopped: what was trained so far is kept)
+        self.trained_model: TrainedModel | None = None
+        self.trained_source: str | None = None
+        #: extra FinetuneConfig fields for scripts and tests, e.g. {"arch_kwargs": {"base_channels": 4}}
+        self.config_overrides: dict = {}
+        self._run: dict | None = None  # plain data about the current run (source name, shape, spatial)
+        self._preview: np.ndarray | None = None
+        self._build()
+        self.bridge = RunBridge(
+            {RunStarted: self._on_started, StepEnd: self._on_step, Preview: self._on_preview,
+             RunFinished: self._on_finished, RunCancelled: self._on_cancelled, Failure: self._on_failure},
+            on_done=self._on_done, parent=self,
+        )
+        self.viewer.events.theme.connect(self._apply_theme)
+        self._apply_theme()
+
+    # ------------------------------------------------------------------ layout
+
+    def _build(self) -> None:
+        self.image_combo = LayerCombo(self.viewer, Image, self)
+        self.labels_combo = LayerCombo(self.viewer, Labels, self)
+        new_labels = QToolButton(self)
+        new_labels.setText("+")
+        new_labels.setToolTip("Add an empty Labels layer on the image, ready to paint")
+        new_labels.clicked.connect(self.add_labels_layer)
+        labels_row = QHBoxLayout()
+        labels_row.addWidget(self.labels_combo, 1)
+        labels_row.addWidget(new_labels)
+        hint = QLabel("paint 1 = background, 2, 3, … = structures", self)
+        hint.setToolTip("Label values: 0 = not painted (ignored), 1 = background, 2, 3, … = the structures to segment. "
+                        "Predictions use the same values, so they can be corrected and fed back.")
+
+        self.arch_combo = QComboBox(self)
+        for info in list_models():
+            self.arch_combo.addItem(info.name)
+            self.arch_combo.setItemData(self.arch_combo.count() - 1, info.description, 3)  # 3 = ToolTipRole
+        self.arch_combo.setCurrentText(DEFAULT_SEGMENT_ARCH)
+        self.arch_info = QLabel(self)
+        self.arch_combo.currentTextChanged.connect(self._describe_arch)
+        self.init_combo = QComboBox(self)
+        for text, value in INITS:
+            self.init_combo.addItem(text, value)
+        self.init_folder = FolderEdit("model folder to continue from", "Model folder to start from", self)
+        self.init_folder.setVisible(False)
+        self.init_combo.currentIndexChanged.connect(
+            lambda _: self.init_folder.setVisible(self.init_combo.currentData() == "folder"))
+        self.steps_spin = QSpinBox(self)
+        self.steps_spin.setRange(1, 1_000_000)
+        self.steps_spin.setValue(FinetuneConfig.DEFAULT_STEPS)
+        self.device_combo = device_combo(self)
+        self.out_folder = FolderEdit("optional: save the model in this folder", "Save the model in", self)
+
+        defaults = FinetuneConfig()
+        self.batch_spin = QSpinBox(self)
+        self.batch_spin.setRange(1, 512)
+        self.batch_spin.setValue(defaults.batch_size)
+        self.patch_spin = QSpinBox(self)
+        self.patch_spin.setRange(16, 4096)
+        self.patch_spin.setSingleStep(16)
+        self.patch_spin.setValue(defaults.patch_size)
+        self.lr_spin = QDoubleSpinBox(self)
+        self.lr_spin.setDecimals(5)
+        self.lr_spin.setRange(1e-5, 0.5)
+        self.lr_spin.setSingleStep(1e-4)
+        self.lr_spin.setValue(defaults.lr)
+        self.preview_spin = QDoubleSpinBox(self)
+        self.preview_spin.setRange(0.0, 3600.0)
+        self.preview_spin.setSuffix(" s")
+        self.preview_spin.setValue(defaults.preview_every_s)
+        self.preview_spin.setToolTip("How often the preview layer is refreshed while training (0: no preview)")
+        advanced = QCollapsible("Advanced", self)
+        inner = QWidget()
+        form2 = QFormLayout(inner)
+        form2.addRow("Batch size", self.batch_spin)
+        form2.addRow("Patch size", self.patch_spin)
+        form2.addRow("Learning rate", self.lr_spin)
+        form2.addRow("Preview every", self.preview_spin)
+        advanced.addWidget(inner)
+
+        form = QFormLayout()
+        form.addRow("Image", self.image_combo)
+        form.addRow("Labels", labels_row)
+        form.addRow("", hint)
+        form.addRow("Network", self.arch_combo)
+        form.addRow("", self.arch_info)
+        form.addRow("Start from", self.init_combo)
+        form.addRow("", self.init_folder)
+        form.addRow("Steps", self.steps_spin)
+        form.addRow("Device", self.device_combo)
+        form.addRow("Save to", self.out_folder)
+
+        self.controls = RunControls("Start training", self)
+        self.controls.start_button.clicked.connect(self.start)
+        self.controls.stop_button.clicked.connect(self.stop)
+        self.loss_plot = LossPlot(self)
+        self.save_button = QPushButton("Save model…", self)
+        self.save_button.setToolTip("Write the trained model (model.json + model.safetensors) into a folder")
+        self.save_button.setEnabled(False)
+        self.save_button.clicked.connect(lambda: self.save_model())
+
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(advanced)
+        layout.addWidget(self.controls)
+        layout.addWidget(self.loss_plot)
+        layout.addWidget(self.save_button)
+        self.image_combo.layer_changed.connect(self._match_labels)
+        self._match_labels(self.image_combo.layer())
+        self._describe_arch(self.arch_combo.currentText())
+
+    def _describe_arch(self, name: str) -> None:
+        info = next((m for m in list_models() if m.name == name), None)
+        if info is None:
+            self.arch_info.setText("")
+            return
+        weights = "pretrained weights bundled" if zoo.bundled_for("segment", name) else "no bundled pretrained weights yet"
+        self.arch_info.setText(f"receptive field {info.receptive_field} px · {weights}")
+
+    def _apply_theme(self, *_) -> None:
+        try:
+            from napari.utils.theme import get_theme
+
+            theme = get_theme(self.viewer.theme)
+            self.loss_plot.set_colors(theme.text.as_hex(), theme.background.as_hex(), "#ff9f1a")
+        except (ValueError, KeyError, AttributeError):
+            pass
+
+    # ------------------------------------------------------------------ actions
+
+    def config(self) -> FinetuneConfig:
+        """The run's settings as chosen in the widget (plus :attr:`config_overrides`)."""
+        init, arch, arch_kwargs = self.init_combo.currentData(), self.arch_combo.currentText(), {}
+        if init == "folder":
+            init = self.init_folder.path()
+            if not init:
+                raise InputError("Choose the model folder to start from, or start from the bundled or random weights.")
+            arch, arch_kwargs = _folder_arch(init, arch)
+        values = dict(task="segment", arch=arch, arch_kwargs=arch_kwargs, init=init, steps=self.steps_spin.value(),
+                      device=self.device_combo.currentText(), batch_size=self.batch_spin.value(),
+                      patch_size=self.patch_spin.value(), lr=self.lr_spin.value(),
+                      preview_every_s=self.preview_spin.value())
+        values.update(self.config_overrides)
+        return FinetuneConfig(**values)
+
+    def start(self) -> bool:
+        """Check the input here (main thread) and start training in a worker; False if refused."""
+        if self.bridge.running:
+            return False
+        try:
+            run = self._prepare()
+        except EmsslError as exc:
+            show_error(str(exc))
+            self.controls.set_status(str(exc))
+            return False
+        self._preview = None
+        self.loss_plot.reset(run["config"].steps or FinetuneConfig.DEFAULT_STEPS)
+        self.controls.set_progress(0, 1, "starting…")
+        self.controls.set_status(f"Preparing to train on {run['source']!r}…")
+        self.controls.set_running(True)
+        image, labels, config = run.pop("image"), run.pop("labels"), run["config"]
+        source, out_dir, z = run["source"], run["out_dir"], run["preview_z"]
+        self._run = run
+
+        def make_run(token):
+            return api.iter_finetune(image, labels, config, cancel=token, out_dir=out_dir, source=source, preview_z=z)
+
+        self.bridge.start(make_run)
+        return True
+
+    def _prepare(self) -> dict:
+        image_layer, labels_layer = self.image_combo.layer(), self.labels_combo.layer()
+        if image_layer is None:
+            raise InputError("Open an EM image first (File > Open, or File > Open Sample > EM SSL).")
+        if labels_layer is None:
+            raise InputError("Add a Labels layer (the + button) and paint 1 = background and 2 = the structure to segment.")
+        config = self.config()
+        image = check_image(snapshot_image(image_layer), name=f"image {image_layer.name!r}")
+        labels = snapshot_labels(labels_layer)
+        check_trainable(check_labels(labels, image.shape))
+        return {"image": image, "labels": labels, "config": config, "source": image_layer.name, "shape": image.shape,
+                "spatial": spatial_kwargs(image_layer), "preview_z": current_slice(self.viewer, image_layer),
+                "out_dir": self.out_folder.path() or None, "total": config.steps}
+
+    def stop(self) -> None:
+        """Stop after the current step; the model trained so far is kept."""
+        if self.bridge.running:
+            self.bridge.stop()
+            self.controls.stop_button.setEnabled(False)
+            self.controls.set_status("Stopping after the current step… (the model trained so far is kept)")
+
+    def save_model(self, directory: str | None = None) -> Path | None:
+        """Write the trained model into ``directory`` (asked for with a dialog when None)."""
+        if self.trained_model is None:
+            return None
+        if directory is None:
+            directory = QFileDialog.getExistingDirectory(self, "Choose or create an empty folder for the model")
+        if not directory:
+            return None
+        try:
+            path = self.trained_model.save(directory)
+        except OSError as exc:
+            show_error(f"Could not save the model in {directory!r}: {exc.strerror or exc}")
+            return None
+        show_info(f"Model saved in {path}")
+        return path
+
+    def add_labels_layer(self) -> Labels | None:
+        """Add an empty Labels layer with the image's shape and placement, ready to paint class 2."""
+        image = self.image_combo.layer()
+        if image is None:
+            show_error("Open an EM image first: the new Labels layer gets its size.")
+            return None
+        shape = (image.data[0] if image.multiscale else image.data).shape
+        shape = shape[:-1] if image.rgb else shape
+        layer = self.viewer.add_labels(np.zeros(shape, np.uint8), name=result_name(image.name, "labels"),
+                                       colormap=class_colormap(), **spatial_kwargs(image))
+        layer.brush_size = 12
+        layer.selected_label = 2
+        layer.mode = "paint"
+        self.labels_combo.set_layer(layer)
+        return layer
+
+    def _match_labels(self, image) -> None:
+        """Pick the labels layer that fits the chosen image (same shape, not one of our results)."""
+        current = self.labels_combo.layer()
+        if image is None or (current is not None and current.data.shape == image.data.shape):
+            return
+        fits = [la for la in self.viewer.layers if isinstance(la, Labels) and la.data.shape == image.data.shape]
+        ours = (result_name(image.name, "preview"), result_name(image.name, "segmentation"))
+        fits.sort(key=lambda la: (la.name in ours, not la.name.startswith(image.name)))
+        if fits:
+            self.labels_combo.set_layer(fits[0])
+
+    # ------------------------------------------------------------------ events (main thread)
+
+    def _on_started(self, event: RunStarted) -> None:
+        info = event.info
+        self._run.update(total=event.total_steps, started=time.monotonic())
+        self.loss_plot.reset(event.total_steps)
+        self.controls.set_progress(0, event.total_steps, f"0 / {event.total_steps} steps")
+        painted = sum(info.get("painted_pixels", {}).values())
+        slices = len(info.get("painted_slices", []))
+        text = (f"Training {info.get('arch')} on {event.device}: classes {info.get('classes')}, {painted} painted pixels "
+                f"on {slices} slice{'s' if slices != 1 else ''}.")
+        if info.get("init_note"):
+            text += f" Note: {info['init_note']}; starting from random weights."
+        self.controls.set_status(text)
+
+    def _on_step(self, event: StepEnd) -> None:
+        self.loss_plot.add(event.step, event.losses.get("loss", float("nan")))
+        left = event.seconds / event.step * (event.total_steps - event.step)
+        self.controls.set_progress(event.step, event.total_steps,
+                                   f"{event.step} / {event.total_steps} steps · {format_seconds(left)} left")
+
+    def _on_preview(self, event: Preview) -> None:
+        run = self._run
+        if run is None:
+            return
+        if event.z is None:
+            data = event.data
+        else:
+            if self._preview is None or self._preview.shape != tuple(run["shape"]):
+                self._preview = np.zeros(run["shape"], dtype=event.data.dtype)
+            self._preview[event.z] = event.data
+            data = self._preview
+        layer = upsert_labels(self.viewer, result_name(run["source"], "preview"), data, run["spatial"],
+                              colormap=class_colormap(background=False), opacity=0.6)
+        layer.refresh()
+
+    def _on_finished(self, event: RunFinished) -> None:
+        result = event.result
+        self._keep(result.model)
+        dice = result.model.meta.get("metrics", {}).get("train_painted_dice", {})
+        fit = ", ".join(f"class {c} {v:.2f}" for c, v in dice.items() if c != "1")
+        text = f"Done: {result.steps} steps in {format_seconds(result.seconds)}."
+        if fit:
+            text += f" Fit of the painted strokes (Dice): {fit}."
+        if result.model_dir:
+            text += f" Saved in {result.model_dir}."
+        self.controls.set_status(text + " Apply it with EM SSL › Apply (model just trained).")
+
+    def _on_cancelled(self, event: RunCancelled) -> None:
+        total = (self._run or {}).get("total", "?")
+        text = f"Stopped at step {event.step} of {total}."
+        if event.result is not None:
+            self._keep(event.result.model)
+            text += " The model trained so far is kept"
+            text += f" and saved in {event.result.model_dir}." if event.result.model_dir else "."
+        self.controls.set_status(text)
+
+    def _on_failure(self, failure: Failure) -> None:
+        self.controls.set_status(report_failure(failure, "fine-tuning"))
+
+    def _on_done(self) -> None:
+        self.controls.set_running(False)
+        self._run = None
+
+    def _keep(self, model: TrainedModel) -> None:
+        self.trained_model = model
+        self.trained_source = (self._run or {}).get("source")
+        self.save_button.setEnabled(True)
+        self.model_trained.emit(model)
+        for widget in docked_widgets(self.viewer):
+            refresh = getattr(widget, "refresh_model_info", None)
+            if widget is not self and callable(refresh):
+                refresh()
+
+    # ------------------------------------------------------------------ closing stops the run
+
+    def event(self, event) -> bool:
+        if event.type() == QEvent.Type.ParentChange and self.parent() is None and hasattr(self, "bridge"):
+            self.bridge.abandon()  # removed from the viewer (dock closed)
+        return super().event(event)
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt override
+        self.bridge.abandon()
+        super().closeEvent(event)
+
+
+def _folder_arch(folder: str, fallback: str) -> tuple[str, dict]:
+    """Architecture and its settings of the model in ``folder`` (the core reports bad folders)."""
+    try:
+        meta = json.loads((Path(folder) / META_NAME).read_text())
+        return str(meta["arch"]), dict(meta.get("arch_kwargs") or {})
+    except (OSError, ValueError, KeyError, TypeError):
+        return fallback, {}
