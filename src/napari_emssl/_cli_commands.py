@@ -85,12 +85,27 @@ def _arch_kwargs(text: str | None) -> dict:
     return value
 
 
+def _check_out_dir(path: str) -> None:
+    """Fail before training, not after it, when ``--out`` cannot become a model directory."""
+    import os
+
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise InputError(f"--out '{path}' is a file; expected a folder for the model directory")
+    parent = target
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write the model directory '{path}': '{parent}' is not a writable folder")
+
+
 def finetune(args) -> int:
     _quiet_tifffile()
     if args.task != "segment":
         raise InputError(f"fine-tuning for task {args.task!r} is not available in this version; use --task segment")
     if not args.labels:
         raise InputError("--labels is needed for segmentation: a label image with a few painted strokes")
+    _check_out_dir(args.out)
     image, meta = read_image(args.image)
     labels, _ = read_image(args.labels)
     config = FinetuneConfig(

@@ -253,6 +253,19 @@ def test_bad_arch_kwargs(capsys, files, tmp_path, value, words):
     assert_one_line_error(err, words)
 
 
+def test_out_that_is_a_file_fails_before_training(capsys, files, tmp_path, monkeypatch):
+    (tmp_path / "occupied").write_text("not a folder")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started although --out cannot be written")
+
+    monkeypatch.setattr(api, "iter_finetune", no_training)
+    code, _, err = run(capsys, "finetune", "--image", files["image"], "--labels", files["labels"], "--out",
+                       tmp_path / "occupied", *TINY)
+    assert code == 1
+    assert_one_line_error(err, "occupied", "is a file")
+
+
 def test_bad_config_value(capsys, files, tmp_path):
     code, _, err = run(capsys, "finetune", "--image", files["image"], "--labels", files["labels"], "--out",
                        tmp_path / "m", "--steps", 0, *TINY)

@@ -43,6 +43,12 @@ def test_widgets_open_from_the_plugin_menu(qtbot, make_napari_viewer):
     assert isinstance(finetune, FinetuneWidget) and isinstance(apply, ApplyWidget)
     assert finetune.arch_combo.currentText() == "resunet_b3_rf96"
     assert finetune.steps_spin.value() == 600
+    from napari_emssl.config import FinetuneConfig
+
+    widget_config, defaults = finetune.config(), FinetuneConfig()
+    for name in ("steps", "batch_size", "patch_size", "lr", "preview_every_s", "init", "device"):
+        expected = defaults.DEFAULT_STEPS if name == "steps" else getattr(defaults, name)
+        assert getattr(widget_config, name) == pytest.approx(expected), name
     assert finetune.labels_combo.count() == 0
     viewer.add_image(np.zeros((20, 20), np.float32), name="a")
     viewer.add_labels(np.zeros((20, 20), np.uint8), name="a strokes")

@@ -175,3 +175,62 @@ def test_images_smaller_than_a_patch_and_a_tile(qtbot, make_napari_viewer, shrin
     wait_idle(apply)
     assert viewer.layers["small segmentation"].data.shape == shape
     assert not notes.errors()
+
+
+def test_apply_several_images_then_stop(qtbot, viewer_widgets, wait_idle, crop):
+    viewer, finetune, apply = viewer_widgets
+    finetune.steps_spin.setValue(2)
+    assert finetune.start()
+    wait_idle(finetune)
+    second = viewer.add_image(crop[0][0], name="second", scale=SCALE[1:], translate=TRANSLATE[1:], units="um")
+    apply.images.select_layers([viewer.layers["crop"], second])
+    assert apply.start()
+    wait_idle(apply)
+    assert viewer.layers["second segmentation"].data.shape == (96, 96)
+    assert np.allclose(viewer.layers["second segmentation"].scale, SCALE[1:])
+    assert "Segmented 2 of 2 images" in apply.controls.status.text()
+
+    big = viewer.add_image(np.random.default_rng(0).random((6, 400, 400), dtype=np.float32), name="big", units="um")
+    apply.images.select_layers([big])
+    assert apply.start()
+    apply.bridge.worker.yielded.connect(lambda item: apply.stop())  # stop at the first event (and try again later)
+    wait_idle(apply, timeout=10_000)
+    assert apply.controls.status.text().startswith("Stopped: 0 of 1 image segmented")
+    assert "big segmentation" not in viewer.layers
+    assert apply.controls.start_button.isEnabled()
+
+
+def test_loss_plot_draws(qtbot):
+    from napari_emssl._napari._loss_plot import LossPlot
+
+    plot = LossPlot()
+    qtbot.addWidget(plot)
+    plot.resize(300, 120)
+    assert not plot.grab().isNull()  # empty: a hint text
+    plot.reset(5000)
+    for step in range(1, 5001):
+        plot.add(step, 1.0 / step ** 0.3)
+    plot.add(5001, float("nan"))  # ignored
+    assert plot.points == 5000
+    image = plot.grab().toImage()
+    assert image.width() == 300
+
+
+def test_viewer_stays_responsive_while_training(qtbot, viewer_widgets, wait_idle):
+    from qtpy.QtCore import QTimer
+
+    viewer, finetune, _ = viewer_widgets
+    finetune.steps_spin.setValue(100_000)
+    ticks: list[float] = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    assert finetune.start()
+    qtbot.waitUntil(lambda: finetune.loss_plot.points >= 2, timeout=20_000)
+    timer.start(10)
+    qtbot.wait(1500)
+    timer.stop()
+    finetune.stop()
+    wait_idle(finetune)
+    gaps = np.diff(ticks)
+    assert len(ticks) > 20 and gaps.max() < 0.3, (len(ticks), gaps.max())
+    assert finetune.loss_plot.points > 10

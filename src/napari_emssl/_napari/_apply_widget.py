@@ -161,7 +161,7 @@ class ApplyWidget(QWidget):
         return model, jobs, config
 
     def stop(self) -> None:
-        if self.bridge.running:
+        if self.bridge.running and self._run is not None and not self._run.get("ended"):
             self.bridge.stop()
             self.controls.stop_button.setEnabled(False)
             self.controls.set_status("Stopping…")
@@ -185,13 +185,17 @@ class ApplyWidget(QWidget):
             if result.probabilities is not None:
                 upsert_probabilities(self.viewer, name, result.probabilities, spatial)
             run["done"] += 1
+            run["ended"] = run["done"] == count
             self.controls.set_status(f"Segmented {run['done']} of {count} image{'s' if count != 1 else ''} "
                                      f"(last: {name!r} in {format_seconds(result.seconds)}).")
         elif isinstance(event, RunCancelled):
+            run["ended"] = True
             self.controls.set_status(f"Stopped: {run['done']} of {count} image{'s' if count != 1 else ''} segmented; "
                                      "the others are unchanged.")
 
     def _on_failure(self, failure: Failure) -> None:
+        if self._run is not None:
+            self._run["ended"] = True
         self.controls.set_status(report_failure(failure, "applying the model"))
 
     def _on_done(self) -> None:

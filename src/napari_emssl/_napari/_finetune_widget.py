@@ -111,29 +111,16 @@ class FinetuneWidget(QWidget):
         self.init_folder.setVisible(False)
         self.init_combo.currentIndexChanged.connect(
             lambda _: self.init_folder.setVisible(self.init_combo.currentData() == "folder"))
-        self.steps_spin = QSpinBox(self)
-        self.steps_spin.setRange(1, 1_000_000)
-        self.steps_spin.setValue(FinetuneConfig.DEFAULT_STEPS)
+        self.steps_spin = _spin(QSpinBox(self), 1, 1_000_000, FinetuneConfig.DEFAULT_STEPS)
         self.device_combo = device_combo(self)
         self.out_folder = FolderEdit("optional: save the model in this folder", "Save the model in", self)
 
         defaults = FinetuneConfig()
-        self.batch_spin = QSpinBox(self)
-        self.batch_spin.setRange(1, 512)
-        self.batch_spin.setValue(defaults.batch_size)
-        self.patch_spin = QSpinBox(self)
-        self.patch_spin.setRange(16, 4096)
-        self.patch_spin.setSingleStep(16)
-        self.patch_spin.setValue(defaults.patch_size)
-        self.lr_spin = QDoubleSpinBox(self)
-        self.lr_spin.setDecimals(5)
-        self.lr_spin.setRange(1e-5, 0.5)
-        self.lr_spin.setSingleStep(1e-4)
-        self.lr_spin.setValue(defaults.lr)
-        self.preview_spin = QDoubleSpinBox(self)
-        self.preview_spin.setRange(0.0, 3600.0)
+        self.batch_spin = _spin(QSpinBox(self), 1, 512, defaults.batch_size)
+        self.patch_spin = _spin(QSpinBox(self), 16, 4096, defaults.patch_size, step=16)
+        self.lr_spin = _spin(QDoubleSpinBox(self), 1e-5, 0.5, defaults.lr, step=1e-4, decimals=5)
+        self.preview_spin = _spin(QDoubleSpinBox(self), 0.0, 3600.0, defaults.preview_every_s)
         self.preview_spin.setSuffix(" s")
-        self.preview_spin.setValue(defaults.preview_every_s)
         self.preview_spin.setToolTip("How often the preview layer is refreshed while training (0: no preview)")
         advanced = QCollapsible("Advanced", self)
         inner = QWidget()
@@ -250,7 +237,7 @@ class FinetuneWidget(QWidget):
 
     def stop(self) -> None:
         """Stop after the current step; the model trained so far is kept."""
-        if self.bridge.running:
+        if self.bridge.running and self._run is not None and not self._run.get("ended"):
             self.bridge.stop()
             self.controls.stop_button.setEnabled(False)
             self.controls.set_status("Stopping after the current step… (the model trained so far is kept)")
@@ -335,6 +322,7 @@ class FinetuneWidget(QWidget):
         layer.refresh()
 
     def _on_finished(self, event: RunFinished) -> None:
+        self._end_run()
         result = event.result
         self._keep(result.model)
         dice = result.model.meta.get("metrics", {}).get("train_painted_dice", {})
@@ -347,6 +335,7 @@ class FinetuneWidget(QWidget):
         self.controls.set_status(text + " Apply it with EM SSL › Apply (model just trained).")
 
     def _on_cancelled(self, event: RunCancelled) -> None:
+        self._end_run()
         total = (self._run or {}).get("total", "?")
         text = f"Stopped at step {event.step} of {total}."
         if event.result is not None:
@@ -356,7 +345,13 @@ class FinetuneWidget(QWidget):
         self.controls.set_status(text)
 
     def _on_failure(self, failure: Failure) -> None:
+        self._end_run()
         self.controls.set_status(report_failure(failure, "fine-tuning"))
+
+    def _end_run(self) -> None:
+        if self._run is not None:
+            self._run["ended"] = True
+        self.controls.stop_button.setEnabled(False)
 
     def _on_done(self) -> None:
         self.controls.set_running(False)
@@ -382,6 +377,16 @@ class FinetuneWidget(QWidget):
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt override
         self.bridge.abandon()
         super().closeEvent(event)
+
+
+def _spin(box, low, high, value, step=None, decimals=None):
+    if decimals is not None:
+        box.setDecimals(decimals)  # before the range and value, which it would round
+    box.setRange(low, high)
+    if step is not None:
+        box.setSingleStep(step)
+    box.setValue(value)
+    return box
 
 
 def _folder_arch(folder: str, fallback: str) -> tuple[str, dict]:
