@@ -232,5 +232,6 @@ def test_viewer_stays_responsive_while_training(qtbot, viewer_widgets, wait_idle
     finetune.stop()
     wait_idle(finetune)
     gaps = np.diff(ticks)
+    print('RESP', len(ticks), gaps.max(), finetune.loss_plot.points)
     assert len(ticks) > 20 and gaps.max() < 0.3, (len(ticks), gaps.max())
     assert finetune.loss_plot.points > 10
