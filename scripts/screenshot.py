@@ -62,14 +62,11 @@ def main() -> None:
 
     viewer.layers["sstem_crop preview"].visible = False
     viewer.layers.selection.active = viewer.layers["sstem_crop segmentation"]
-    viewer.scale_bar.visible = True
+    overlays = getattr(getattr(viewer, "canvas", None), "overlays", None)  # napari >= 0.9
+    (overlays.scale_bar if overlays is not None else viewer.scale_bar).visible = True
     viewer.reset_view()
-    wait_until(lambda: True, 1)
-    for _ in range(20):  # let the canvas and the docks settle
-        from qtpy.QtWidgets import QApplication
-
-        QApplication.processEvents()
-        time.sleep(0.05)
+    settle = time.monotonic() + 1.0  # let the canvas and the docks settle
+    wait_until(lambda: time.monotonic() > settle, 5.0)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     viewer.screenshot(str(out), canvas_only=False)

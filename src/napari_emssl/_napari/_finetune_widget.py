@@ -317,9 +317,8 @@ class FinetuneWidget(QWidget):
                 self._preview = np.zeros(run["shape"], dtype=event.data.dtype)
             self._preview[event.z] = event.data
             data = self._preview
-        layer = upsert_labels(self.viewer, result_name(run["source"], "preview"), data, run["spatial"],
-                              colormap=class_colormap(background=False), opacity=0.6)
-        layer.refresh()
+        upsert_labels(self.viewer, result_name(run["source"], "preview"), data, run["spatial"], keep_selection=True,
+                      colormap=class_colormap(background=False), opacity=0.6)
 
     def _on_finished(self, event: RunFinished) -> None:
         self._end_run()

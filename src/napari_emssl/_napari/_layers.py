@@ -70,11 +70,19 @@ def layers_of(viewer, layer_type: type[Layer]) -> list[Layer]:
     return [layer for layer in viewer.layers if isinstance(layer, layer_type)]
 
 
-def upsert_labels(viewer, name: str, data: np.ndarray, spatial: dict[str, Any], **style: Any) -> Labels:
-    """Replace the data of the Labels layer ``name`` or add it: re-runs do not pile up layers."""
+def upsert_labels(viewer, name: str, data: np.ndarray, spatial: dict[str, Any], *, keep_selection: bool = False,
+                  **style: Any) -> Labels:
+    """Replace the data of the Labels layer ``name`` or add it: re-runs do not pile up layers.
+
+    ``keep_selection``: a new layer does not become the active one (the user may be painting).
+    """
     layer = find_layer(viewer, name, Labels)
     if layer is None:
-        return viewer.add_labels(data, name=name, **spatial, **style)
+        active = viewer.layers.selection.active
+        layer = viewer.add_labels(data, name=name, **spatial, **style)
+        if keep_selection and active is not None and active in viewer.layers:
+            viewer.layers.selection.active = active
+        return layer
     layer.data = data
     _set_spatial(layer, spatial)
     return layer

@@ -42,7 +42,7 @@ def _guarded(make_run: Callable[[CancelToken], Iterator[Any]], token: CancelToke
     """Worker-thread side: iterate the run and turn any exception into a Failure event."""
     try:
         yield from make_run(token)
-    except EmsslError as exc:
+    except (EmsslError, FloatingPointError) as exc:  # FloatingPointError: the loss diverged (message for the user)
         yield Failure(str(exc), expected=True)
     except Exception as exc:  # noqa: BLE001 - shown to the user, never swallowed silently
         yield Failure(f"{type(exc).__name__}: {exc}", expected=False, details=traceback.format_exc())
