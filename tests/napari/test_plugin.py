@@ -118,3 +118,21 @@ def test_guard_is_idempotent_and_only_without_cuda(monkeypatch):
     assert keep_triton_out() is True
     with pytest.raises(ImportError):
         import triton  # noqa: F401
+
+
+def test_make_run_script_opens_the_sample_and_widgets(qtbot, monkeypatch):
+    """`make run` runs scripts/run_napari.py: every name it uses must exist in the manifest."""
+    import runpy
+    from pathlib import Path
+
+    import napari
+
+    monkeypatch.setattr(napari, "run", lambda *a, **k: None)
+    script = Path(__file__).resolve().parents[2] / "scripts" / "run_napari.py"
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+        viewer = napari.current_viewer()
+        assert viewer is not None and len(viewer.layers) >= 2
+        assert {"Fine-tune", "Apply"} <= {name.split(" (")[0] for name in viewer.window.dock_widgets}
+    finally:
+        napari.Viewer.close_all()

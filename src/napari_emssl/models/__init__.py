@@ -5,7 +5,7 @@ are imported only when one of their models is built.
 """
 
 from .registry import ModelInfo, create_model, list_models, model_info, register_model
-from . import hrnet, resunet, smp_unet  # noqa: F401  (registration side effect)
+from . import hrnet, resunet, smp_unet, vit  # noqa: F401  (registration side effect)
 
 __all__ = ["create_model", "list_models", "model_info", "ModelInfo", "register_model", "DEFAULT_SEGMENT_ARCH"]
 
