@@ -20,6 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from napari_emssl.errors import InputError
+from napari_emssl.io.greyscale import to_greyscale
+from napari_emssl.io.pixel_size import final_scale, tiff_scale
+from napari_emssl.io.tiff_integrity import check_complete
 
 __all__ = ["ImageMeta", "read_image", "write_image", "COMPRESSIONS"]
 
@@ -28,13 +31,6 @@ COMPRESSIONS = ("zlib", "lzw", "zstd", "lzma", "packbits", "none")
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _LOSSY_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif"}
-# micrometres per unit
-_UNITS = {
-    "um": 1.0, "µm": 1.0, "μm": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0,
-    "micrometre": 1.0, "nm": 1e-3, "nanometer": 1e-3, "nanometre": 1e-3, "mm": 1e3,
-    "millimeter": 1e3, "cm": 1e4, "centimeter": 1e4, "m": 1e6, "meter": 1e6,
-    "å": 1e-4, "angstrom": 1e-4, "a": 1e-4,
-}
 # ImageJ reads these dtypes from hyperstacks; others are written as plain TIFF.
 _IMAGEJ_DTYPES = (np.uint8, np.uint16, np.float32)
 
@@ -81,9 +77,9 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageMeta]:
         array, axes = _read_other(path)
         photometric_rgb, scale, unit = None, None, None
 
-    array, axes, keep = _to_greyscale(array, axes, name, photometric_rgb, lossy=path.suffix.lower() in _LOSSY_SUFFIXES)
+    array, axes, keep = to_greyscale(array, axes, name, photometric_rgb, lossy=path.suffix.lower() in _LOSSY_SUFFIXES)
     if scale is not None:
-        scale = _final_scale(scale, keep, axes)
+        scale = final_scale(scale, keep, axes)
     meta = ImageMeta(scale=scale, axes=axes, dtype=str(array.dtype), path=name, unit=unit if scale else None)
     return array, meta
 
@@ -103,16 +99,16 @@ def _read_tiff(path: Path):
             ]
             if series.ndim == 2 and len(same) > 1 and len(same) == len(tif.series):
                 # pages written one by one, each with its own description: one 2D series per page
-                _check_complete(tif, same, name)
+                check_complete(tif, same, name)
                 array = np.stack([s.asarray() for s in same])
                 axes = "I" + series.axes
             else:
-                _check_complete(tif, [series], name)
+                check_complete(tif, [series], name)
                 array = series.asarray()
                 axes = series.axes
             page = series.keyframe
             photometric_rgb = int(page.photometric) == 2  # PHOTOMETRIC.RGB
-            scale, unit = _tiff_scale(tif, page, axes)
+            scale, unit = tiff_scale(tif, page, axes)
     except InputError:
         raise
     except MemoryError as exc:
@@ -125,173 +121,6 @@ def _read_tiff(path: Path):
     if array.ndim != len(axes):  # defensive; tifffile keeps them in step
         axes = "Q" * (array.ndim - 2) + "YX"
     return array, axes, photometric_rgb, scale, unit
-
-
-_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8, 17: 8, 18: 8}
-
-
-def _ifd_chain_end(tif) -> int | None:
-    """Walk the image directories (IFDs) and their tag values; return the first byte past the
-    end of the file that they refer to, or None when everything lies inside the file.
-
-    tifffile stops quietly at a broken chain and returns fewer pages, which would turn a
-    truncated stack into a shorter one without a word; this catches that.
-    """
-    fh, t = tif.filehandle, tif.tiff
-    size = fh.size
-    bo = t.byteorder
-    big = t.offsetsize == 8
-    entry = np.dtype([("code", bo + "u2"), ("type", bo + "u2"),
-                      ("count", bo + ("u8" if big else "u4")), ("value", bo + ("u8" if big else "u4"))])
-    offset = int(tif.pages.first.offset)
-    seen = set()
-    while offset:
-        if offset in seen:  # circular chain: tifffile handles it, nothing is missing
-            return None
-        seen.add(offset)
-        if offset + t.tagnosize > size:
-            return offset + t.tagnosize
-        fh.seek(offset)
-        tagno = int(np.frombuffer(fh.read(t.tagnosize), bo + ("u8" if big else "u2"))[0])
-        next_at = offset + t.tagnosize + tagno * t.tagsize
-        if next_at + t.offsetsize > size:
-            return next_at + t.offsetsize
-        entries = np.frombuffer(fh.read(tagno * t.tagsize), entry)
-        nbytes = entries["count"].astype(np.float64) * np.array(
-            [_TYPE_SIZES.get(int(k), 1) for k in entries["type"]], dtype=np.float64
-        )
-        # values stored elsewhere in the file; private (vendor) tags >= 32768 are not checked,
-        # some microscopes write sloppy ones and they do not affect the pixels
-        outside = (nbytes > t.offsetsize) & (entries["code"] < 32768)
-        if outside.any():
-            need = float((entries["value"][outside].astype(np.float64) + nbytes[outside]).max())
-            if need > size:
-                return int(need)
-        offset = int(np.frombuffer(fh.read(t.offsetsize), bo + ("u8" if big else "u4"))[0])
-        if offset >= size:
-            return offset
-    return None
-
-
-def _check_complete(tif, series_list, name: str) -> None:
-    """Refuse a TIFF whose image directories or data run past the end of the file (a cut copy)."""
-    size = tif.filehandle.size
-    broken = _ifd_chain_end(tif)
-    if broken is not None:
-        raise InputError(
-            f"'{name}' is truncated or damaged: the file is {size} bytes long but refers to data up to byte "
-            f"{broken}; copy the file again."
-        )
-    end = 0
-    for series in series_list:
-        if getattr(series, "dataoffset", None) is not None:  # contiguous, uncompressed
-            end = max(end, int(series.dataoffset) + int(series.nbytes))
-            continue
-        for page in series.pages:
-            if page is None:
-                continue
-            offsets, counts = page.dataoffsets, page.databytecounts
-            if len(offsets):
-                end = max(end, max(int(o) + int(c) for o, c in zip(offsets, counts)))
-    if end > size:
-        raise InputError(
-            f"'{name}' is truncated: the file is {size} bytes long but its image data need {end} bytes; "
-            "copy the file again."
-        )
-
-
-def _unit_factor(unit) -> float | None:
-    if not unit:
-        return None
-    unit = str(unit).strip()
-    if "\\u" in unit:  # ImageJ escapes µ as \u00B5
-        try:
-            unit = unit.encode("ascii", "backslashreplace").decode("unicode_escape")
-        except Exception:
-            pass
-    return _UNITS.get(unit.lower())
-
-
-def _tiff_scale(tif, page, axes: str):
-    """Pixel size per axis of ``axes`` (``None`` where unknown) and the unit ("um" or None)."""
-    yx = None  # (y, x) pixel size
-    z = None
-    factor = None
-    unit_known = False
-
-    if tif.is_ome:
-        try:
-            import tifffile
-
-            meta = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]
-            pixels = (meta[0] if isinstance(meta, list) else meta)["Pixels"]
-            sizes = {}
-            for ax in "XYZ":
-                value = pixels.get(f"PhysicalSize{ax}")
-                if value:
-                    f = _unit_factor(pixels.get(f"PhysicalSize{ax}Unit", "µm"))
-                    sizes[ax] = float(value) * (f if f else 1.0)
-                    unit_known = unit_known or f is not None
-            if "X" in sizes and "Y" in sizes:
-                yx = (sizes["Y"], sizes["X"])
-            z = sizes.get("Z")
-        except Exception:
-            yx = None
-
-    res = None
-    try:
-        res = page.resolution  # (x, y) pixels per unit
-        resunit = int(page.resolutionunit)
-    except Exception:
-        resunit = 1
-
-    if yx is None and tif.is_imagej:
-        ij = tif.imagej_metadata or {}
-        factor = _unit_factor(ij.get("unit"))
-        if factor is not None and res and res[0] > 0 and res[1] > 0:
-            yx = (factor / res[1], factor / res[0])
-            unit_known = True
-            if ij.get("spacing"):
-                z = float(ij["spacing"]) * factor
-
-    if yx is None and res and res[0] > 0 and res[1] > 0 and not tif.is_imagej:
-        if resunit == 3:  # centimetre
-            yx = (1e4 / res[1], 1e4 / res[0])
-            unit_known = True
-        elif resunit == 1 and tuple(res) != (1.0, 1.0):  # no unit
-            yx = (1.0 / res[1], 1.0 / res[0])
-        if yx is not None:
-            shaped = getattr(tif, "shaped_metadata", None) or ()
-            if shaped and shaped[0].get("spacing"):
-                f = _unit_factor(shaped[0].get("unit")) or 1.0
-                z = float(shaped[0]["spacing"]) * f
-
-    if yx is None:
-        return None, None
-    per_axis = []
-    for ax in axes:
-        if ax == "Y":
-            per_axis.append(yx[0])
-        elif ax == "X":
-            per_axis.append(yx[1])
-        elif ax == "Z":
-            per_axis.append(z)
-        else:
-            per_axis.append(None)
-    return per_axis, ("um" if unit_known else None)
-
-
-def _final_scale(scale_per_axis, keep, axes_out: str):
-    kept = [scale_per_axis[i] for i in keep]
-    if len(kept) != len(axes_out):
-        return None
-    y_size = kept[axes_out.index("Y")]
-    if y_size is None:
-        return None
-    out = tuple(float(f"{(v if v is not None else y_size):.7g}") for v in kept)
-    if not all(np.isfinite(out)) or min(out) <= 0:
-        return None
-    return out
 
 
 def _read_other(path: Path):
@@ -328,85 +157,6 @@ def _read_other(path: Path):
 
 
 # --------------------------------------------------------------------------- greyscale
-
-
-def _channels_equal(array: np.ndarray, axis: int, lossy: bool) -> bool:
-    first = np.take(array, 0, axis=axis)
-    for c in range(1, array.shape[axis]):
-        other = np.take(array, c, axis=axis)
-        if lossy:
-            if np.max(np.abs(other.astype(np.int32) - first.astype(np.int32))) > 2:
-                return False
-        elif not np.array_equal(other, first):
-            return False
-    return True
-
-
-def _to_greyscale(array: np.ndarray, axes: str, name: str, photometric_rgb, *, lossy: bool):
-    """Squeeze singleton axes, collapse grey-in-RGB / alpha, refuse colour and 4D+.
-
-    Returns the array, its axes ("YX" or "ZYX") and the indices of the input axes kept.
-    """
-    keep = [i for i, (n, ax) in enumerate(zip(array.shape, axes)) if n > 1 or ax in "YX"]
-    array = array.reshape([array.shape[i] for i in keep])
-    axes = "".join(axes[i] for i in keep)
-
-    for ch_axis in ("S", "C"):
-        while ch_axis in axes:
-            i = axes.index(ch_axis)
-            n = array.shape[i]
-            colour = ch_axis == "S" and (photometric_rgb or n in (3, 4))
-            if colour and n == 4:  # drop alpha
-                array = np.take(array, [0, 1, 2], axis=i)
-                n = 3
-            elif n == 2 and ch_axis == "S":  # grey + alpha
-                array = np.take(array, [0], axis=i)
-                n = 1
-            if n > 1 and not _channels_equal(array, i, lossy):
-                if colour:
-                    raise InputError(
-                        f"'{name}' is an RGB image; EM images are greyscale: convert it to 8-bit or 16-bit "
-                        "greyscale (e.g. in Fiji: Image > Type > 8-bit) and load it again."
-                    )
-                raise InputError(
-                    f"'{name}' has {n} different channels; EM images have one: save the channel you want "
-                    "to use as its own file (e.g. in Fiji: Image > Color > Split Channels)."
-                )
-            if lossy and n > 1:
-                sub = np.moveaxis(array, i, -1)
-                array = np.rint(sub.mean(axis=-1)).astype(array.dtype)
-            else:
-                array = np.take(array, 0, axis=i)
-            axes = axes[:i] + axes[i + 1 :]
-            keep = keep[:i] + keep[i + 1 :]
-
-    if array.ndim > 3:
-        raise InputError(
-            f"'{name}' has {array.ndim} dimensions (axes {axes}, shape {array.shape}) after removing "
-            "axes of size 1; expected a 2D image (Y, X) or a 3D stack (Z, Y, X): save one channel "
-            "and one time point as a stack."
-        )
-    if array.ndim == 3:
-        others = [i for i, ax in enumerate(axes) if ax not in "YX"]
-        if len(others) != 1 or "Y" not in axes or "X" not in axes:
-            raise InputError(
-                f"'{name}' has axes {axes} (shape {array.shape}); expected a 2D image (Y, X) or a 3D stack (Z, Y, X)."
-            )
-        order = [others[0], axes.index("Y"), axes.index("X")]
-        array = np.transpose(array, order)
-        keep = [keep[i] for i in order]
-        axes = "ZYX"
-    else:
-        order = [axes.index("Y"), axes.index("X")] if set(axes) == {"Y", "X"} else [0, 1]
-        array = np.transpose(array, order)
-        keep = [keep[i] for i in order]
-        axes = "YX"
-    if array.dtype.kind == "c" or array.dtype == object:
-        raise InputError(f"'{name}' has pixel type {array.dtype}; expected integer or floating-point grey values.")
-    return np.ascontiguousarray(array), axes, keep
-
-
-# --------------------------------------------------------------------------- writing
 
 
 def write_image(path: str | os.PathLike, array: np.ndarray, *, scale=None, compression: str | None = "zlib") -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 class BundledWeights:
     name: str
     arch: str
+    arch_kwargs: dict
     method: str
     tasks: tuple[str, ...]
     path: Path
@@ -31,16 +32,24 @@ def list_bundled() -> list[BundledWeights]:
     entries = json.loads(index.read_text())
     return [
         BundledWeights(
-            name=e["name"], arch=e["arch"], method=e["method"], tasks=tuple(e["tasks"]),
+            name=e["name"], arch=e["arch"], arch_kwargs=dict(e.get("arch_kwargs", {})), method=e["method"], tasks=tuple(e["tasks"]),
             path=Path(str(root / e["file"])), card=e,
         )
         for e in entries
     ]
 
 
-def bundled_for(task: str, arch: str | None = None) -> BundledWeights | None:
-    """The first bundled weights (index order = preference) for ``task`` (and ``arch``)."""
+def bundled_for(task: str, arch: str | None = None, arch_kwargs: dict | None = None) -> BundledWeights | None:
+    """The first bundled weights (index order = preference) for ``task`` (and ``arch``, ``arch_kwargs``).
+
+    ``arch_kwargs`` are compared after a JSON round trip (tuples and lists are equal), so a
+    network built with other options (e.g. more channels) does not get weights that only
+    partly fit.
+    """
     for entry in list_bundled():
-        if task in entry.tasks and (arch is None or entry.arch == arch):
-            return entry
+        if task not in entry.tasks or (arch is not None and entry.arch != arch):
+            continue
+        if arch_kwargs is not None and json.loads(json.dumps(arch_kwargs)) != json.loads(json.dumps(entry.arch_kwargs)):
+            continue
+        return entry
     return None

@@ -1,0 +1,92 @@
+"""Copy trained pretraining runs into the package's zoo: half-precision safetensors + model cards.
+
+    PYTHONPATH=src python scripts/package_bundled.py runs/bundled --ship gan_resunet_b3_rf96 gan_hrnet_w18_small ...
+
+``--ship`` lists the runs to bundle, in order of preference: ``--init bundled`` takes the
+first entry that fits the task and architecture, so put the one that fine-tunes best first
+(measured by ``benchmarks/pretrain_transfer.py``). The total size is checked against the
+60 MB the package allows for weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+ZOO = Path(__file__).resolve().parents[1] / "src" / "napari_emssl" / "zoo"
+LIMIT_BYTES = 60 * 1024 * 1024
+TASKS = ["segment", "denoise", "bgremove", "superres"]
+
+
+def final_losses(run: Path) -> dict[str, float]:
+    rows = list(csv.DictReader(open(run / "log.csv")))
+    tail = rows[-20:]  # mean of the last 20 logged rows: one row is noisy
+    keys = [k for k in tail[0] if k not in ("step", "lr", "seconds", "images_per_s") and tail[0][k] not in ("", None)]
+    out = {}
+    for k in keys:
+        try:
+            out[k] = sum(float(r[k]) for r in tail) / len(tail)
+        except ValueError:
+            continue
+    return out
+
+
+def card(name: str, run: Path, plan: dict) -> dict:
+    meta = json.loads((run / "model.json").read_text())
+    lineage = meta.get("lineage", {}).get("pretrain", {})
+    rows = list(csv.DictReader(open(run / "log.csv")))
+    return {
+        "name": name,
+        "file": f"{name}.safetensors",
+        "arch": meta["arch"],
+        "arch_kwargs": meta.get("arch_kwargs", {}),
+        "method": meta.get("method") or lineage.get("method"),
+        "tasks": TASKS,
+        "steps": int(rows[-1]["step"]),
+        "seconds": float(rows[-1]["seconds"]),
+        "batch_size": plan.get("batch_size"),
+        "patch": plan.get("patch"),
+        "device": lineage.get("device") or meta.get("device"),
+        "final_losses": final_losses(run),
+        "data": plan.get("corpus"),
+        "data_note": "unlabeled images only; the labeled ssTEM stack1 (the benchmark's test set) was not used",
+        "command": plan.get("commands", {}).get(name),
+        "driver": plan.get("command"),
+        "licence_note": "weights derived from the data above; the ssTEM images are CC BY-NC-SA 3.0 (non-commercial)",
+        "stored_as": "float16",
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", type=Path, help="the --out folder of scripts/train_bundled.py")
+    parser.add_argument("--ship", nargs="+", required=True, help="run names to bundle, preferred first")
+    args = parser.parse_args()
+    plan = json.loads((args.runs / "plan.json").read_text())
+    entries, total = [], 0
+    for name in args.ship:
+        run = args.runs / name
+        state = load_file(str(run / "model.safetensors"))
+        half = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
+        entry = card(name, run, plan)
+        target = ZOO / entry["file"]
+        save_file(half, str(target), metadata={"name": name, "arch": entry["arch"], "method": str(entry["method"])})
+        entry["sha256"] = hashlib.sha256(target.read_bytes()).hexdigest()
+        entry["bytes"] = target.stat().st_size
+        entry["tensors"] = len(half)
+        total += entry["bytes"]
+        entries.append(entry)
+        print(f"{name}: {entry['bytes'] / 1e6:.1f} MB, {len(half)} tensors, {entry['steps']} steps, losses {entry['final_losses']}")
+    if total > LIMIT_BYTES:
+        raise SystemExit(f"bundled weights total {total / 1e6:.1f} MB, over the {LIMIT_BYTES / 1e6:.0f} MB limit")
+    (ZOO / "index.json").write_text(json.dumps(entries, indent=2) + "\n")
+    print(f"total {total / 1e6:.1f} MB in {len(entries)} files -> {ZOO / 'index.json'}")
+
+
+if __name__ == "__main__":
+    main()
