@@ -6,6 +6,7 @@ import napari
 def main() -> None:
     viewer = napari.Viewer(title="napari-emssl")
     viewer.open_sample("napari-emssl", "sstem_crop")
+    viewer.window.add_plugin_dock_widget("napari-emssl", "Pretrain")
     viewer.window.add_plugin_dock_widget("napari-emssl", "Fine-tune")
     viewer.window.add_plugin_dock_widget("napari-emssl", "Apply")
     napari.run()

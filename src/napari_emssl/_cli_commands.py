@@ -13,7 +13,7 @@ import numpy as np
 
 from . import api
 from .cli import EXIT_CANCELLED, EXIT_ERROR, EXIT_OK, output_path
-from .config import FinetuneConfig, PredictConfig
+from .config import FinetuneConfig, PredictConfig, PretrainConfig
 from .engine.cancel import CancelToken
 from .engine.events import PredictionTile, Preview, RunCancelled, RunFinished, RunStarted, StepEnd
 from .errors import InputError
@@ -72,16 +72,16 @@ def _quiet_tifffile() -> None:
     logging.getLogger("tifffile").setLevel(logging.CRITICAL)
 
 
-def _arch_kwargs(text: str | None) -> dict:
+def _arch_kwargs(text: str | None, option: str = "--arch-kwargs") -> dict:
     """``--arch-kwargs`` JSON -> dict (an InputError with the reason when it is not a JSON object)."""
     if not text:
         return {}
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise InputError(f"--arch-kwargs is not valid JSON ({exc.msg}); expected e.g. '{{\"base_channels\": 8}}'") from None
+        raise InputError(f"{option} is not valid JSON ({exc.msg}); expected e.g. '{{\"base_channels\": 8}}'") from None
     if not isinstance(value, dict):
-        raise InputError(f"--arch-kwargs must be a JSON object such as '{{\"base_channels\": 8}}', got {text!r}")
+        raise InputError(f"{option} must be a JSON object such as '{{\"base_channels\": 8}}', got {text!r}")
     return value
 
 
@@ -97,6 +97,52 @@ def _check_out_dir(path: str) -> None:
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"cannot write the model directory '{path}': '{parent}' is not a writable folder")
+
+
+def pretrain(args) -> int:
+    """Self-supervised pretraining; under torchrun every process runs this, rank 0 reports."""
+    import os
+
+    _quiet_tifffile()
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    if main_rank:
+        _check_out_dir(args.out)
+    config = PretrainConfig(
+        method=args.method, arch=args.arch, arch_kwargs=_arch_kwargs(args.arch_kwargs),
+        method_options=_arch_kwargs(args.method_options, "--method-options"), steps=args.steps, epochs=args.epochs,
+        samples_per_epoch=args.samples_per_epoch, batch_size=args.batch_size, patch=args.patch, lr=args.lr,
+        device=args.device, amp=not args.no_amp, compile=args.compile, seed=args.seed, num_workers=args.workers,
+        preview_every_s=0, checkpoint_every_s=args.checkpoint_every,
+    )
+    token = CancelToken()
+    progress = Progress("pretrain", args.quiet or not main_rank)
+
+    def on_event(event) -> None:
+        if main_rank and isinstance(event, RunStarted):
+            info = event.info
+            for note in info.get("notes", []):
+                print(f"emssl: note: {note}", file=sys.stderr)
+            if not args.quiet:
+                print(f"pretraining {info['method']} / {info['arch']} on {info['images']} image(s), {info['world_size']} "
+                      f"process(es), global batch {info['global_batch']}", file=sys.stderr)
+        progress(event)
+
+    import warnings
+
+    with ctrl_c_cancels(token), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # skipped images are reported as notes
+        last = api.run_to_end(api.iter_pretrain(args.data, config, args.out, token, resume=args.resume), on_event)
+    result = last.result
+    if isinstance(last, RunCancelled):
+        if main_rank:
+            print(f"emssl: cancelled at step {result.steps}; the checkpoint and the model so far are in {result.model_dir} "
+                  "(continue with --resume)", file=sys.stderr)
+        return EXIT_CANCELLED
+    if main_rank:
+        losses = ", ".join(f"{k} {v:.4g}" for k, v in result.losses.items())
+        print(f"pretrained model written to {result.model_dir} ({result.steps} steps, {result.seconds:.1f} s, "
+              f"{result.images_per_s:.1f} patches/s; {losses})")
+    return EXIT_OK
 
 
 def finetune(args) -> int:
@@ -193,7 +239,17 @@ def models(args) -> int:
         print(f"  {entry.name:<22} {entry.arch:<22} {entry.method:<8} tasks: {', '.join(entry.tasks)}")
     if args.dir:
         print(f"model directories below {args.dir}:")
+        from .engine.checkpoint import is_pretrained_dir, read_pretrained
+
         for meta_path in sorted(Path(args.dir).rglob("model.json")):
+            if is_pretrained_dir(meta_path.parent):
+                try:
+                    meta, _ = read_pretrained(meta_path.parent)
+                    steps = meta.get("lineage", {}).get("pretrain", {}).get("steps")
+                    print(f"  {meta_path.parent}  pretrain {meta['arch']:<22} method {meta.get('method')}, {steps} steps")
+                except Exception as exc:  # noqa: BLE001 - list what is wrong, keep listing
+                    print(f"  {meta_path.parent}  unreadable: {exc}")
+                continue
             try:
                 m = load_model(meta_path.parent)
                 print(f"  {meta_path.parent}  {m.meta['task']:<8} {m.meta['arch']:<22} classes {m.classes}")
@@ -233,4 +289,4 @@ def demo(args) -> int:
     return EXIT_OK
 
 
-__all__ = ["finetune", "predict", "models", "demo", "Preview"]
+__all__ = ["pretrain", "finetune", "predict", "models", "demo", "Preview"]

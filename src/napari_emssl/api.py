@@ -1,9 +1,9 @@
 """The public entry points: every long run is a generator of typed events.
 
-``iter_finetune`` and ``iter_predict`` yield :mod:`napari_emssl.engine.events` objects and
+``iter_pretrain``, ``iter_finetune`` and ``iter_predict`` yield :mod:`napari_emssl.engine.events` objects and
 end with :class:`RunFinished` (or :class:`RunCancelled`). The napari widgets run them in a
-thread worker; the CLI iterates them and prints a progress bar. ``finetune`` and
-``predict`` run them to completion.
+thread worker; the CLI iterates them and prints a progress bar. ``pretrain``, ``finetune``
+and ``predict`` run them to completion.
 
 Only plain data goes in and out: numpy arrays, configs, events, :class:`TrainedModel`.
 """
@@ -11,15 +11,17 @@ Only plain data goes in and out: numpy arrays, configs, events, :class:`TrainedM
 from __future__ import annotations
 
 import math
+import os
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .config import FinetuneConfig, PredictConfig
+from .config import FinetuneConfig, PredictConfig, PretrainConfig
 from .data.labels import check_trainable, painted_slices, sparse_targets
 from .data.normalize import percentile_normalize
 from .data.patches import PatchSampler
@@ -47,10 +49,122 @@ class FinetuneResult:
 
 
 @dataclass
+class PretrainResult:
+    model_dir: str | None  # the pretrained model directory (also the checkpoint folder)
+    steps: int  # optimiser steps done in total (including a resumed run's earlier steps)
+    seconds: float  # wall time of this run
+    losses: dict[str, float] = field(default_factory=dict)  # the last logged losses
+    images_per_s: float = 0.0  # patches per second over all processes, at the last log step
+
+
+@dataclass
 class PredictResult:
     labels: np.ndarray | None  # segmentation: values 1..K, same shape as the input
     probabilities: np.ndarray | None  # (K, ...) float32 when asked for
     seconds: float
+
+
+# ---------------------------------------------------------------------------------------------- pretrain
+
+
+def iter_pretrain(
+    data: Sequence[Any] | Any,
+    config: PretrainConfig,
+    out_dir: str | os.PathLike | None = None,
+    cancel: CancelToken | None = None,
+    *,
+    resume: bool = False,
+    pretext: torch.nn.Module | None = None,
+) -> Iterator[Event]:
+    """Pretrain a network self-supervised on unlabeled images; yield events.
+
+    ``data``: paths (TIFF files/stacks, PNG/JPEG, folders, zarr) and/or arrays (numpy,
+    dask, zarr; 2D or stacks). ``out_dir`` receives the checkpoint and the pretrained model
+    directory (every ``config.checkpoint_every_s`` seconds, at the end and when stopped);
+    ``resume`` continues the checkpoint in ``out_dir``. ``pretext`` replaces the module
+    built from ``config.method`` (for custom methods and tests). Under ``torchrun`` the
+    processes train together (DDP); only rank 0 writes files and yields previews.
+
+    Ends with :class:`RunFinished` or, when stopped, :class:`RunCancelled`; both carry a
+    :class:`PretrainResult`.
+    """
+    from .data.unlabeled import build_dataset
+    from .engine import distributed
+    from .engine.checkpoint import has_checkpoint, load_checkpoint
+    from .engine.model_dir import LOG_NAME, _read_log
+    from .engine.pretrainer import PretrainState, pretrain_loop
+
+    if not isinstance(config, PretrainConfig):
+        raise InputError("config must be a PretrainConfig")
+    ctx = distributed.from_env()
+    checkpoint = None
+    if out_dir is not None:
+        out_dir = os.fspath(out_dir)
+        if Path(out_dir).exists() and not Path(out_dir).is_dir():
+            raise InputError(f"the output '{out_dir}' is a file; expected a folder")
+    if resume:
+        if out_dir is None:
+            raise InputError("resuming needs the output folder that holds the checkpoint")
+        checkpoint = load_checkpoint(out_dir)
+        method = getattr(pretext, "method", None) or config.method
+        if checkpoint.meta["method"] != method:
+            raise InputError(f"the checkpoint in '{out_dir}' was made with method {checkpoint.meta['method']!r}, not {method!r}")
+        if config.arch is None and not config.arch_kwargs and pretext is None:  # nothing asked: the checkpoint's
+            config = config.replace(arch=checkpoint.meta["arch"], arch_kwargs=dict(checkpoint.meta["arch_kwargs"]))
+    elif out_dir is not None and has_checkpoint(out_dir):
+        raise InputError(f"'{out_dir}' already holds a pretraining checkpoint; resume it (--resume) or choose another output folder")
+
+    world = ctx.world_size
+    steps_per_epoch = config.steps_per_epoch(world)
+    dataset = build_dataset(data, config.patch, steps_per_epoch * config.batch_size * world, seed=config.seed)
+    if ctx.enabled:
+        ctx, device = distributed.setup(ctx, config.device)
+    else:
+        device = resolve_device(config.device)
+    try:
+        torch.manual_seed(config.seed)
+        if pretext is None:
+            from .pretext import create_pretext, default_arch
+
+            arch = config.arch or default_arch(config.method)
+            pretext = create_pretext(config.method, arch=arch, arch_kwargs=dict(config.arch_kwargs), **config.method_options)
+        if checkpoint is not None and (checkpoint.meta["arch"] != pretext.arch or checkpoint.meta["arch_kwargs"] != dict(pretext.arch_kwargs)):
+            raise InputError(
+                f"the checkpoint in '{out_dir}' trains {checkpoint.meta['arch']!r} with options {checkpoint.meta['arch_kwargs']}; "
+                f"this run asks for {pretext.arch!r} with options {dict(pretext.arch_kwargs)}"
+            )
+        if ctx.enabled:
+            torch.manual_seed(config.seed + 7919 * ctx.rank)  # DDP copies rank 0's weights; random views differ per rank
+        total = config.total_steps(world)
+        if checkpoint is not None and config.steps is None and config.epochs is None:
+            total = int(checkpoint.meta["total_steps"])
+        sources = [s.name for s in dataset.sources]
+        lineage: dict[str, Any] = {"data": sources, "images": dataset.info()["images"], "pixels": dataset.info()["pixels"]}
+        if checkpoint is not None:
+            lineage["previous_log"] = _read_log(Path(out_dir) / LOG_NAME)
+            lineage["resumed_from_step"] = checkpoint.step
+        n_params = sum(p.numel() for p in pretext.parameters())
+        yield RunStarted(
+            kind="pretrain", total_steps=total, device=str(device),
+            info={"method": getattr(pretext, "method", config.method), "arch": pretext.arch, **dataset.info(),
+                  "world_size": world, "rank": ctx.rank, "batch_size": config.batch_size,
+                  "global_batch": config.batch_size * world, "steps_per_epoch": steps_per_epoch, "parameters": n_params,
+                  "resumed_from_step": checkpoint.step if checkpoint is not None else 0},
+        )
+        state = PretrainState()
+        yield from pretrain_loop(pretext, dataset, config, device=device, total_steps=total, out_dir=out_dir, cancel=cancel,
+                                 ctx=ctx, checkpoint=checkpoint, lineage=lineage, state=state)
+        if ctx.enabled:
+            distributed.teardown(ctx)
+    finally:
+        if ctx.enabled and torch.distributed.is_initialized():  # an error on one rank: leave without waiting
+            torch.distributed.destroy_process_group()
+    result = PretrainResult(model_dir=out_dir if out_dir is not None else None, steps=state.step, seconds=state.seconds,
+                            losses=dict(state.losses), images_per_s=state.images_per_s)
+    if state.cancelled:
+        yield RunCancelled(step=state.step, seconds=state.seconds, result=result)
+    else:
+        yield RunFinished(result=result, seconds=state.seconds)
 
 
 # ---------------------------------------------------------------------------------------------- fine-tune
@@ -152,6 +266,10 @@ def _initial_network(config: FinetuneConfig, num_classes: int) -> tuple[torch.nn
 
     source = None
     if config.init not in ("bundled", "random"):
+        from .engine.checkpoint import is_pretrained_dir
+
+        if is_pretrained_dir(config.init):
+            return _pretrained_network(config, num_classes)
         source = load_model(config.init)
     if source is not None and config.arch is None and not config.arch_kwargs:
         arch, arch_kwargs = source.meta["arch"], dict(source.meta["arch_kwargs"])  # no architecture asked: the source's
@@ -175,6 +293,33 @@ def _initial_network(config: FinetuneConfig, num_classes: int) -> tuple[torch.nn
         )
     matched, total = load_matching(net, source.net.state_dict())
     return net, {"init": str(config.init), "matched_tensors": matched, "total_tensors": total}
+
+
+def _pretrained_network(config: FinetuneConfig, num_classes: int) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The downstream network started from a self-supervised pretrain directory (``model.json`` task ``pretrain``)."""
+    from .engine.checkpoint import read_pretrained
+    from .models import create_model
+
+    meta, state = read_pretrained(config.init)
+    if config.arch is None and not config.arch_kwargs:
+        arch, arch_kwargs = meta["arch"], dict(meta["arch_kwargs"])
+    else:
+        arch, arch_kwargs = config.arch or meta["arch"], dict(config.arch_kwargs)
+    net = create_model(arch, in_channels=1, out_channels=num_classes, **arch_kwargs)
+    if meta["arch"] != arch or dict(meta["arch_kwargs"]) != dict(net.arch_kwargs):
+        raise ModelFormatError(
+            f"the pretrained weights in {str(config.init)!r} are for a {meta['arch']!r} network with options {meta['arch_kwargs']}; "
+            f"fine-tuning from them needs the same architecture (asked for {arch!r} with options {dict(net.arch_kwargs)})"
+        )
+    matched, total = load_matching(net, state)
+    if matched == 0:
+        raise ModelFormatError(
+            f"none of the {len(state)} pretrained tensors in {str(config.init)!r} fits the {arch!r} network "
+            "(no parameter name and shape in common)"
+        )
+    pretrain = meta.get("lineage", {}).get("pretrain", {})
+    return net, {"init": str(config.init), "init_kind": "pretrain", "pretrain_method": meta.get("method"),
+                 "pretrain_steps": pretrain.get("steps"), "matched_tensors": matched, "total_tensors": total}
 
 
 def _total_steps(config: FinetuneConfig, n_slices: int, shape_yx: tuple[int, int], patch: int) -> int:
@@ -263,6 +408,12 @@ def run_to_end(events: Iterator[Event], on_event=None) -> Event:
             on_event(event)
         last = event
     return last
+
+
+def pretrain(data: Sequence[Any] | Any, config: PretrainConfig, out_dir: str | os.PathLike | None = None,
+             **kwargs: Any) -> PretrainResult:
+    """Pretrain to completion and return the result."""
+    return run_to_end(iter_pretrain(data, config, out_dir, **kwargs)).result
 
 
 def finetune(image: np.ndarray, labels: np.ndarray, config: FinetuneConfig | None = None, **kwargs: Any) -> FinetuneResult:

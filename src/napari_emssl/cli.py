@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .config import TASKS
+from .config import METHODS, TASKS, PretrainConfig
 from .errors import EmsslError
 
 EXIT_OK, EXIT_ERROR, EXIT_CANCELLED = 0, 1, 130
@@ -26,6 +26,32 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", default="auto", help="auto (default: CUDA, else MPS, else CPU), cpu, cuda or mps")
         p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    pt = sub.add_parser("pretrain", help="pretrain a network self-supervised on unlabeled images",
+                        description="Self-supervised pretraining. Multi-GPU: torchrun --nproc_per_node N -m napari_emssl.cli "
+                                    "pretrain ... (--batch-size is per process; the global batch is N times larger).")
+    pt.add_argument("--method", required=True, choices=METHODS, help="gan (pix2pix), mae, mocov3 or mff")
+    pt.add_argument("--data", required=True, nargs="+", metavar="PATH",
+                    help="TIFF images or stacks, PNG/JPEG files, folders of them, or zarr arrays")
+    pt.add_argument("--out", required=True, help="output folder: checkpoint + pretrained model directory")
+    pt.add_argument("--arch", help="architecture to pretrain (see `emssl models`); default: the method's default")
+    pt.add_argument("--arch-kwargs", metavar="JSON", help='architecture options as JSON, e.g. \'{"base_channels": 8}\'')
+    pt.add_argument("--method-options", metavar="JSON", help="options of the method as JSON (e.g. mask ratio)")
+    pbudget = pt.add_mutually_exclusive_group()
+    pbudget.add_argument("--steps", type=int, help=f"optimiser steps (default {PretrainConfig.DEFAULT_STEPS})")
+    pbudget.add_argument("--epochs", type=int, help="epochs of --samples-per-epoch random patches")
+    pt.add_argument("--samples-per-epoch", type=int, default=1024, help="random patches per epoch (default 1024)")
+    pt.add_argument("--batch-size", type=int, default=16, help="patches per step and process (default 16)")
+    pt.add_argument("--patch", type=int, default=128, help="patch side in pixels, a multiple of 16 (default 128)")
+    pt.add_argument("--lr", type=float, help="peak learning rate of every phase (default: the method's own)")
+    pt.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
+    pt.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    pt.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
+    pt.add_argument("--seed", type=int, default=0)
+    pt.add_argument("--workers", type=int, default=0, help="data loader worker processes (default 0)")
+    pt.add_argument("--checkpoint-every", type=float, default=300.0, metavar="SECONDS",
+                    help="seconds between checkpoints (default 300; always at the end and on Ctrl-C)")
+    common(pt)
 
     ft = sub.add_parser("finetune", help="fine-tune a network on an image and its painted labels")
     ft.add_argument("--task", choices=TASKS, default="segment")
@@ -72,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from . import _cli_commands as commands  # heavy imports (torch) only after parsing
 
-    handler = {"finetune": commands.finetune, "predict": commands.predict, "models": commands.models, "demo": commands.demo}
+    handler = {"pretrain": commands.pretrain, "finetune": commands.finetune, "predict": commands.predict, "models": commands.models, "demo": commands.demo}
     try:
         return handler[args.command](args)
     except KeyboardInterrupt:

@@ -30,6 +30,7 @@ TINY = {
     "resunet": {"base_channels": 4},
     "smp_unet": {"decoder_channels": [16, 16, 8, 8, 4]},
     "hrnet": {"head_channels": 8},
+    "vit": {"depth": 2, "embed_dim": 32, "num_heads": 2, "img_size": 32, "decoder_channels": [16, 8, 8, 4]},
 }
 
 PAPER_NAMES = [f"resunet_b{b}_rf{rf}" for (b, rf) in PAPER_VARIANTS]
@@ -55,7 +56,7 @@ def test_list_models_content():
     assert all(isinstance(i, ModelInfo) for i in infos)
     expected = set(PAPER_NAMES) | {"resunet", "unet_resnet18", "unet_resnet34", "hrnet_w18_small", "hrnet_w18_small_v2"}
     assert expected <= set(names)
-    assert {i.family for i in infos} == {"resunet", "smp_unet", "hrnet"}
+    assert {i.family for i in infos} == {"resunet", "smp_unet", "hrnet", "vit"}
     assert DEFAULT_SEGMENT_ARCH == "resunet_b3_rf96" and DEFAULT_SEGMENT_ARCH in names
     for info in infos:
         assert info.receptive_field > 0 and info.size_multiple > 0 and info.description

@@ -27,7 +27,7 @@ def test_manifest_contributions_resolve():
     for command in commands.values():  # `npe2 validate` without --imports misses bad python_names
         assert callable(import_python_name(command.python_name)), command.python_name
     widgets = {w.display_name: w.command for w in manifest.contributions.widgets}
-    assert set(widgets) == {"Fine-tune", "Apply"}
+    assert set(widgets) == {"Pretrain", "Fine-tune", "Apply"}
     samples = {s.display_name: s.command for s in manifest.contributions.sample_data}
     assert set(samples) == {"ssTEM crop with strokes"}
     assert set(widgets.values()) | set(samples.values()) <= set(commands)
@@ -50,11 +50,24 @@ def test_widgets_open_from_the_plugin_menu(qtbot, make_napari_viewer):
         expected = defaults.DEFAULT_STEPS if name == "steps" else getattr(defaults, name)
         assert getattr(widget_config, name) == pytest.approx(expected), name
     assert finetune.labels_combo.count() == 0
+
+    from napari_emssl._napari._pretrain_widget import PretrainWidget
+    from napari_emssl.config import PretrainConfig
+    from napari_emssl.pretext import default_arch
+
+    _, pretrain = viewer.window.add_plugin_dock_widget("napari-emssl", "Pretrain")
+    assert isinstance(pretrain, PretrainWidget)
+    widget_config, defaults = pretrain.config(), PretrainConfig(method="gan")
+    assert widget_config.method == "gan" and widget_config.arch == default_arch("gan")
+    for name in ("batch_size", "patch", "preview_every_s", "device", "lr"):
+        assert getattr(widget_config, name) == getattr(defaults, name), name
+    assert widget_config.steps == PretrainConfig.DEFAULT_STEPS
     viewer.add_image(np.zeros((20, 20), np.float32), name="a")
     viewer.add_labels(np.zeros((20, 20), np.uint8), name="a strokes")
     assert finetune.image_combo.layer().name == "a" and finetune.labels_combo.layer().name == "a strokes"
     viewer.layers["a"].name = "b"
     assert finetune.image_combo.currentText() == "b" and apply.images.item(0).text() == "b"
+    assert [layer.name for layer in pretrain.layers.checked_layers()] == ["b"]
     del viewer.layers["a strokes"]
     assert finetune.labels_combo.count() == 0
 
@@ -133,6 +146,6 @@ def test_make_run_script_opens_the_sample_and_widgets(qtbot, monkeypatch):
         runpy.run_path(str(script), run_name="__main__")
         viewer = napari.current_viewer()
         assert viewer is not None and len(viewer.layers) >= 2
-        assert {"Fine-tune", "Apply"} <= {name.split(" (")[0] for name in viewer.window.dock_widgets}
+        assert {"Pretrain", "Fine-tune", "Apply"} <= {name.split(" (")[0] for name in viewer.window.dock_widgets}
     finally:
         napari.Viewer.close_all()

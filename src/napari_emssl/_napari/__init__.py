@@ -1,6 +1,6 @@
 """napari plugin: the only part of napari-emssl that imports napari and Qt.
 
-The manifest (``napari.yaml``) points at the two entries below. Each keeps triton out of the
+The manifest (``napari.yaml``) points at the entries below. Each keeps triton out of the
 process first (see :mod:`._torch_guard`) and only then imports its widget module, which
 imports the core (torch).
 
@@ -19,9 +19,23 @@ def _build(kind: str, napari_viewer):
         from ._finetune_widget import FinetuneWidget
 
         return FinetuneWidget(napari_viewer)
+    if kind == "pretrain":
+        from ._pretrain_widget import PretrainWidget
+
+        return PretrainWidget(napari_viewer)
     from ._apply_widget import ApplyWidget
 
     return ApplyWidget(napari_viewer)
+
+
+class PretrainWidgetEntry:
+    """Manifest entry of the "Pretrain" widget; calling it returns a ``PretrainWidget``."""
+
+    def __new__(cls, napari_viewer):
+        return _build("pretrain", napari_viewer)
+
+    def __init__(self, napari_viewer) -> None:  # pragma: no cover - only its signature is used (by napari)
+        pass
 
 
 class FinetuneWidgetEntry:

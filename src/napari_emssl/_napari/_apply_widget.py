@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from napari.layers import Image
-from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QLabel, QVBoxLayout, QWidget
 
 from .. import api
@@ -25,7 +24,7 @@ from ..engine.model_dir import META_NAME, WEIGHTS_NAME, TrainedModel, load_model
 from ..errors import EmsslError, InputError, ModelFormatError
 from ._controls import FolderEdit, LayerList, RunControls, device_combo, format_seconds
 from ._layers import class_colormap, docked_widgets, result_name, snapshot_image, spatial_kwargs, upsert_labels, upsert_probabilities
-from ._worker import Failure, RunBridge, report_failure, show_error
+from ._worker import Failure, RunBridge, StopsRunOnClose, report_failure, show_error
 
 SOURCES = (("model just trained (Fine-tune widget)", "trained"), ("model folder", "folder"))
 
@@ -38,7 +37,7 @@ class SourceEvent:
     event: Event
 
 
-class ApplyWidget(QWidget):
+class ApplyWidget(StopsRunOnClose, QWidget):
     """Apply a segmentation model to image layers; results become Labels layers."""
 
     def __init__(self, napari_viewer) -> None:
@@ -201,17 +200,6 @@ class ApplyWidget(QWidget):
     def _on_done(self) -> None:
         self.controls.set_running(False)
         self._run = None
-
-    # ------------------------------------------------------------------ closing stops the run
-
-    def event(self, event) -> bool:
-        if event.type() == QEvent.Type.ParentChange and self.parent() is None and hasattr(self, "bridge"):
-            self.bridge.abandon()
-        return super().event(event)
-
-    def closeEvent(self, event) -> None:  # noqa: N802 - Qt override
-        self.bridge.abandon()
-        super().closeEvent(event)
 
 
 def read_model_meta(folder: str) -> dict:

@@ -1,10 +1,12 @@
 """Qt building blocks shared by the widgets: layer pickers kept in sync with the viewer,
-a folder field with a browse button, and the Start/Stop/progress/status block."""
+a folder field with a browse button, number boxes, and the Start/Stop/progress/status block."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from napari.layers import Layer
-from qtpy.QtCore import Signal
+from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -13,6 +15,7 @@ from qtpy.QtWidgets import (
     QLabel,
     QLineEdit,
     QListWidget,
+    QListWidgetItem,
     QProgressBar,
     QPushButton,
     QToolButton,
@@ -112,6 +115,52 @@ class LayerList(QListWidget, _WatchesLayers):
         self.select_layers(chosen)
 
 
+class CheckableLayerList(QListWidget, _WatchesLayers):
+    """The layers of one type, each with a tick box, kept in sync with the viewer.
+
+    A layer keeps its tick while it stays in the viewer; a new layer is ticked when
+    ``default_checked(layer)`` says so (default: always).
+    """
+
+    def __init__(self, viewer, layer_type: type[Layer], parent: QWidget | None = None,
+                 default_checked: Callable[[Layer], bool] | None = None) -> None:
+        super().__init__(parent)
+        self._viewer, self._type = viewer, layer_type
+        self._default = default_checked or (lambda layer: True)
+        self._layers: list[Layer] = []
+        self.setMaximumHeight(110)
+        self._watch_layers(viewer)
+        self.refresh()
+
+    def layers(self) -> list[Layer]:
+        return [layer for layer in self._layers if layer in self._viewer.layers]
+
+    def checked_layers(self) -> list[Layer]:
+        return [layer for row, layer in enumerate(self._layers)
+                if self.item(row).checkState() == Qt.CheckState.Checked and layer in self._viewer.layers]
+
+    def set_checked(self, layers: list[Layer]) -> None:
+        """Tick exactly ``layers``."""
+        for row, layer in enumerate(self._layers):
+            self.item(row).setCheckState(Qt.CheckState.Checked if layer in layers else Qt.CheckState.Unchecked)
+
+    def refresh(self, *_) -> None:
+        ticked = {id(layer): self.item(row).checkState() == Qt.CheckState.Checked
+                  for row, layer in enumerate(self._layers) if row < self.count()}
+        layers = [layer for layer in self._viewer.layers if isinstance(layer, self._type)]
+        self.blockSignals(True)
+        self.clear()
+        for layer in layers:
+            item = QListWidgetItem(layer.name, self)
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            checked = ticked.get(id(layer))
+            if checked is None:
+                checked = bool(self._default(layer))
+            item.setCheckState(Qt.CheckState.Checked if checked else Qt.CheckState.Unchecked)
+        self._layers = layers
+        self.blockSignals(False)
+
+
 class FolderEdit(QWidget):
     """A folder path: a line edit plus a browse button."""
 
@@ -143,6 +192,17 @@ class FolderEdit(QWidget):
         folder = QFileDialog.getExistingDirectory(self, self._title, self.path())
         if folder:
             self.set_path(folder)
+
+
+def spin_box(box, low, high, value, step=None, decimals=None):
+    """Set up a QSpinBox / QDoubleSpinBox: range, step, decimals and value (in the order Qt needs)."""
+    if decimals is not None:
+        box.setDecimals(decimals)  # before the range and value, which it would round
+    box.setRange(low, high)
+    if step is not None:
+        box.setSingleStep(step)
+    box.setValue(value)
+    return box
 
 
 def device_combo(parent: QWidget | None = None) -> QComboBox:
@@ -187,6 +247,20 @@ class RunControls(QWidget):
         self.progress.setRange(0, max(1, int(total)))
         self.progress.setValue(min(int(value), max(1, int(total))))
         self.progress.setFormat(text)
+
+    def show_steps(self, step: int, total: int, seconds: float, done_before: int = 0) -> None:
+        """Progress of a training run with its speed and time left.
+
+        ``seconds``: time since this run started; ``done_before``: steps done before it (a
+        resumed run), which do not count for the speed.
+        """
+        done_now = step - done_before
+        text = f"{step} / {total} steps"
+        if done_now > 0 and seconds > 0:
+            rate = done_now / seconds
+            speed = f"{rate:.1f} steps/s" if rate >= 1 else f"{1 / rate:.1f} s/step"
+            text += f" · {speed} · {format_seconds((total - step) / rate)} left"
+        self.set_progress(step, total, text)
 
 
 def format_seconds(seconds: float) -> str:

@@ -5,7 +5,8 @@ The widget only builds a :class:`~napari_emssl.config.FinetuneConfig`, snapshots
 data and runs :func:`napari_emssl.api.iter_finetune` through :class:`._worker.RunBridge`;
 its event handlers update the progress bar, the loss plot and the preview layer. The
 trained model stays on the widget (:attr:`FinetuneWidget.trained_model`), where the Apply
-widget finds it.
+widget finds it. A model pretrained by the Pretrain widget docked in the same viewer (its
+``result_dir``) is offered as a starting point ("pretrained: <folder>").
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 from napari.layers import Image, Labels
-from qtpy.QtCore import QEvent, Signal
+from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -40,7 +41,7 @@ from ..engine.events import Preview, RunCancelled, RunFinished, RunStarted, Step
 from ..engine.model_dir import META_NAME, TrainedModel
 from ..errors import EmsslError, InputError
 from ..models import DEFAULT_SEGMENT_ARCH, list_models
-from ._controls import FolderEdit, LayerCombo, RunControls, device_combo, format_seconds
+from ._controls import FolderEdit, LayerCombo, RunControls, device_combo, format_seconds, spin_box
 from ._layers import (
     class_colormap,
     current_slice,
@@ -52,12 +53,13 @@ from ._layers import (
     upsert_labels,
 )
 from ._loss_plot import LossPlot
-from ._worker import Failure, RunBridge, report_failure, show_error, show_info
+from ._worker import Failure, RunBridge, StopsRunOnClose, report_failure, show_error, show_info
 
 INITS = (("bundled pretrained weights", "bundled"), ("random weights", "random"), ("a model folder…", "folder"))
+PRETRAINED = "pretrained"  # init choice: the folder of the Pretrain widget's last run
 
 
-class FinetuneWidget(QWidget):
+class FinetuneWidget(StopsRunOnClose, QWidget):
     """Fine-tune a segmentation network on painted labels (0 unpainted, 1 background, 2.. classes)."""
 
     model_trained = Signal(object)  # the TrainedModel, once a run has finished or was stopped
@@ -78,8 +80,7 @@ class FinetuneWidget(QWidget):
              RunFinished: self._on_finished, RunCancelled: self._on_cancelled, Failure: self._on_failure},
             on_done=self._on_done, parent=self,
         )
-        self.viewer.events.theme.connect(self._apply_theme)
-        self._apply_theme()
+        self.loss_plot.follow_theme(self.viewer)
 
     # ------------------------------------------------------------------ layout
 
@@ -109,17 +110,16 @@ class FinetuneWidget(QWidget):
             self.init_combo.addItem(text, value)
         self.init_folder = FolderEdit("model folder to continue from", "Model folder to start from", self)
         self.init_folder.setVisible(False)
-        self.init_combo.currentIndexChanged.connect(
-            lambda _: self.init_folder.setVisible(self.init_combo.currentData() == "folder"))
-        self.steps_spin = _spin(QSpinBox(self), 1, 1_000_000, FinetuneConfig.DEFAULT_STEPS)
+        self.init_combo.currentIndexChanged.connect(self._on_init_changed)
+        self.steps_spin = spin_box(QSpinBox(self), 1, 1_000_000, FinetuneConfig.DEFAULT_STEPS)
         self.device_combo = device_combo(self)
         self.out_folder = FolderEdit("optional: save the model in this folder", "Save the model in", self)
 
         defaults = FinetuneConfig()
-        self.batch_spin = _spin(QSpinBox(self), 1, 512, defaults.batch_size)
-        self.patch_spin = _spin(QSpinBox(self), 16, 4096, defaults.patch_size, step=16)
-        self.lr_spin = _spin(QDoubleSpinBox(self), 1e-5, 0.5, defaults.lr, step=1e-4, decimals=5)
-        self.preview_spin = _spin(QDoubleSpinBox(self), 0.0, 3600.0, defaults.preview_every_s)
+        self.batch_spin = spin_box(QSpinBox(self), 1, 512, defaults.batch_size)
+        self.patch_spin = spin_box(QSpinBox(self), 16, 4096, defaults.patch_size, step=16)
+        self.lr_spin = spin_box(QDoubleSpinBox(self), 1e-5, 0.5, defaults.lr, step=1e-4, decimals=5)
+        self.preview_spin = spin_box(QDoubleSpinBox(self), 0.0, 3600.0, defaults.preview_every_s)
         self.preview_spin.setSuffix(" s")
         self.preview_spin.setToolTip("How often the preview layer is refreshed while training (0: no preview)")
         advanced = QCollapsible("Advanced", self)
@@ -170,14 +170,44 @@ class FinetuneWidget(QWidget):
         weights = "pretrained weights bundled" if zoo.bundled_for("segment", name) else "no bundled pretrained weights yet"
         self.arch_info.setText(f"receptive field {info.receptive_field} px · {weights}")
 
-    def _apply_theme(self, *_) -> None:
-        try:
-            from napari.utils.theme import get_theme
+    def pretrained_dir(self) -> str | None:
+        """The model folder of the last run of a Pretrain widget docked in this viewer, if any."""
+        for widget in docked_widgets(self.viewer):
+            folder = getattr(widget, "result_dir", None)
+            if widget is not self and isinstance(folder, str) and folder:
+                return folder
+        return None
 
-            theme = get_theme(self.viewer.theme)
-            self.loss_plot.set_colors(theme.text.as_hex(), theme.background.as_hex(), "#ff9f1a")
-        except (ValueError, KeyError, AttributeError):
-            pass
+    def refresh_pretrained(self) -> None:
+        """Offer (or update) "pretrained: <folder>" as a starting point; called when a pretraining ends."""
+        folder = self.pretrained_dir()
+        index = self.init_combo.findData(PRETRAINED)
+        if folder is None:
+            if index >= 0:
+                self.init_combo.removeItem(index)
+            return
+        text = f"pretrained: {folder}"
+        if index < 0:  # new: offered first and chosen (the natural next step after pretraining)
+            self.init_combo.insertItem(0, text, PRETRAINED)
+            self.init_combo.setItemData(0, folder, 3)  # 3 = ToolTipRole
+            self.init_combo.setCurrentIndex(0)
+        else:
+            self.init_combo.setItemText(index, text)
+            self.init_combo.setItemData(index, folder, 3)
+        self._on_init_changed()
+
+    def _on_init_changed(self, *_) -> None:
+        init = self.init_combo.currentData()
+        self.init_folder.setVisible(init == "folder")
+        folder = self.pretrained_dir() if init == PRETRAINED else None
+        if folder:  # show the network the pretrained weights are for (config() uses it anyway)
+            arch, _ = _folder_arch(folder, self.arch_combo.currentText())
+            if self.arch_combo.findText(arch) >= 0:
+                self.arch_combo.setCurrentText(arch)
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt override
+        self.refresh_pretrained()
+        super().showEvent(event)
 
     # ------------------------------------------------------------------ actions
 
@@ -188,6 +218,12 @@ class FinetuneWidget(QWidget):
             init = self.init_folder.path()
             if not init:
                 raise InputError("Choose the model folder to start from, or start from the bundled or random weights.")
+            arch, arch_kwargs = _folder_arch(init, arch)
+        elif init == PRETRAINED:
+            init = self.pretrained_dir()
+            if not init:
+                raise InputError("The pretrained model is no longer available (the Pretrain widget was closed); "
+                                 "choose its folder with \"a model folder…\".")
             arch, arch_kwargs = _folder_arch(init, arch)
         values = dict(task="segment", arch=arch, arch_kwargs=arch_kwargs, init=init, steps=self.steps_spin.value(),
                       device=self.device_combo.currentText(), batch_size=self.batch_spin.value(),
@@ -298,13 +334,13 @@ class FinetuneWidget(QWidget):
                 f"on {slices} slice{'s' if slices != 1 else ''}.")
         if info.get("init_note"):
             text += f" Note: {info['init_note']}; starting from random weights."
+        elif info.get("total_tensors"):
+            text += f" Starting from {info.get('init')}: {info.get('matched_tensors')} of {info['total_tensors']} tensors matched."
         self.controls.set_status(text)
 
     def _on_step(self, event: StepEnd) -> None:
         self.loss_plot.add(event.step, event.losses.get("loss", float("nan")))
-        left = event.seconds / event.step * (event.total_steps - event.step)
-        self.controls.set_progress(event.step, event.total_steps,
-                                   f"{event.step} / {event.total_steps} steps · {format_seconds(left)} left")
+        self.controls.show_steps(event.step, event.total_steps, event.seconds)
 
     def _on_preview(self, event: Preview) -> None:
         run = self._run
@@ -365,28 +401,6 @@ class FinetuneWidget(QWidget):
             refresh = getattr(widget, "refresh_model_info", None)
             if widget is not self and callable(refresh):
                 refresh()
-
-    # ------------------------------------------------------------------ closing stops the run
-
-    def event(self, event) -> bool:
-        if event.type() == QEvent.Type.ParentChange and self.parent() is None and hasattr(self, "bridge"):
-            self.bridge.abandon()  # removed from the viewer (dock closed)
-        return super().event(event)
-
-    def closeEvent(self, event) -> None:  # noqa: N802 - Qt override
-        self.bridge.abandon()
-        super().closeEvent(event)
-
-
-def _spin(box, low, high, value, step=None, decimals=None):
-    if decimals is not None:
-        box.setDecimals(decimals)  # before the range and value, which it would round
-    box.setRange(low, high)
-    if step is not None:
-        box.setSingleStep(step)
-    box.setValue(value)
-    return box
-
 
 def _folder_arch(folder: str, fallback: str) -> tuple[str, dict]:
     """Architecture and its settings of the model in ``folder`` (the core reports bad folders)."""

@@ -88,11 +88,16 @@ def upsert_labels(viewer, name: str, data: np.ndarray, spatial: dict[str, Any], 
     return layer
 
 
-def upsert_image(viewer, name: str, data: np.ndarray, spatial: dict[str, Any], **style: Any) -> Image:
-    """Replace the data of the Image layer ``name`` or add it."""
+def upsert_image(viewer, name: str, data: np.ndarray, spatial: dict[str, Any], *, keep_selection: bool = False,
+                 **style: Any) -> Image:
+    """Replace the data of the Image layer ``name`` or add it (``keep_selection`` as for :func:`upsert_labels`)."""
     layer = find_layer(viewer, name, Image)
     if layer is None:
-        return viewer.add_image(data, name=name, **spatial, **style)
+        active = viewer.layers.selection.active
+        layer = viewer.add_image(data, name=name, **spatial, **style)
+        if keep_selection and active is not None and active in viewer.layers:
+            viewer.layers.selection.active = active
+        return layer
     layer.data = data
     _set_spatial(layer, spatial)
     return layer
@@ -130,6 +135,23 @@ def snapshot_image(layer: Layer) -> np.ndarray:
         )
     data = layer.data[0] if layer.multiscale else layer.data
     return np.array(data, copy=True)
+
+
+def image_source(layer: Layer) -> Any:
+    """An image layer's pixels for a run that reads crops of them (pretraining), refusing colour layers.
+
+    In-memory (numpy) data is copied, as by :func:`snapshot_image`; lazy data (dask, zarr)
+    is passed as it is, since only the crops the run needs are read from it.
+    """
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    if isinstance(data, np.ndarray) or not isinstance(layer, Image) or layer.rgb:
+        return snapshot_image(layer)
+    return data
+
+
+def plane_spatial(layer: Layer) -> dict[str, Any]:
+    """:func:`spatial_kwargs` of the layer's last two (Y, X) axes, for a 2D result of it."""
+    return {key: tuple(value)[-2:] for key, value in spatial_kwargs(layer).items()}
 
 
 def snapshot_labels(layer: Layer) -> np.ndarray:

@@ -66,6 +66,24 @@ class LossPlot(QWidget):
         self.raw_color = raw
         self.update()
 
+    def follow_theme(self, viewer) -> None:
+        """Take the colours of the viewer's theme, now and whenever it changes."""
+        viewer.events.theme.connect(self._on_theme)  # a bound method: napari holds it weakly
+        self.use_theme(viewer.theme)
+
+    def _on_theme(self, event) -> None:
+        self.use_theme(event.value)
+
+    def use_theme(self, name: str) -> None:
+        """Colours of the napari theme ``name`` (unknown names are ignored)."""
+        try:
+            from napari.utils.theme import get_theme
+
+            theme = get_theme(name)
+            self.set_colors(theme.text.as_hex(), theme.background.as_hex(), "#ff9f1a")
+        except (ValueError, KeyError, AttributeError, TypeError):
+            pass
+
     # ------------------------------------------------------------------ drawing
 
     def _columns(self, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

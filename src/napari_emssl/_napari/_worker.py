@@ -21,7 +21,7 @@ from typing import Any
 
 from napari.qt.threading import thread_worker
 from napari.utils import notifications
-from qtpy.QtCore import QObject
+from qtpy.QtCore import QEvent, QObject
 
 from ..engine.cancel import CancelToken
 from ..errors import EmsslError
@@ -141,3 +141,21 @@ class RunBridge(QObject):
         self._job.worker = None
         self._job.token = None
         self._on_done()
+
+
+class StopsRunOnClose:
+    """Mixin for a widget with a ``bridge`` (:class:`RunBridge`): its run stops when the widget
+    is removed from the viewer (the dock's close button) or closed (the viewer closes).
+
+    List it before ``QWidget``: ``class MyWidget(StopsRunOnClose, QWidget)``.
+    """
+
+    def event(self, event) -> bool:
+        if event.type() == QEvent.Type.ParentChange and self.parent() is None and hasattr(self, "bridge"):
+            self.bridge.abandon()  # removed from the viewer (dock closed)
+        return super().event(event)
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt override
+        if hasattr(self, "bridge"):
+            self.bridge.abandon()
+        super().closeEvent(event)

@@ -91,6 +91,11 @@ def load_model(directory: str | os.PathLike, *, task: str | None = None, map_loc
         meta = json.loads(meta_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelFormatError(f"{meta_path} is not valid JSON ({exc})") from None
+    if isinstance(meta, dict) and meta.get("task") == "pretrain":
+        raise ModelFormatError(
+            f"{str(path)!r} holds self-supervised pretrained weights (method {meta.get('method')!r}), not a trained model: "
+            f"fine-tune from it first (emssl finetune --init {path})"
+        )
     if not isinstance(meta, dict) or any(k not in meta for k in REQUIRED_KEYS):
         missing = [k for k in REQUIRED_KEYS if not isinstance(meta, dict) or k not in meta]
         raise ModelFormatError(f"{meta_path} lacks required field(s): {', '.join(missing)}")
