@@ -1,0 +1,172 @@
+"""Denoising: self-supervised blind-spot training on the noisy image itself, or paired training.
+
+Self-supervised (no clean image needed) follows Noise2Void (Krull, Buchholz, Jug 2019,
+"Noise2Void - learning denoising from single noisy images", CVPR) and Noise2Self (Batson &
+Royer 2019, "Noise2Self: blind denoising by self-supervision", ICML): if the noise is
+independent from pixel to pixel and zero-mean, a network that cannot see a pixel's own
+value, trained to predict that noisy value from its neighbours, learns the clean signal.
+The blind spot is made at the input: a small random subset of pixels is replaced by
+values that do not contain themselves, and the loss (MSE) is taken on those pixels only.
+
+Choices here, against known artefacts:
+- positions are stratified random: one pixel drawn uniformly inside every cell of a
+  ``s x s`` grid whose origin is shifted at random per sample (``s = round(1/sqrt(fraction))``),
+  so the coverage is even but there is no regular lattice of masked pixels (a fixed grid
+  is what leaves checkerboard artefacts);
+- the replacement never contains the pixel itself: the mean of its 8 neighbours (the
+  Noise2Self "donut" interpolation, default) or one of its 8 neighbours chosen at random
+  (Noise2Void without the centre); borders are mirrored without repeating the edge pixel,
+  so the centre is never its own neighbour.
+
+Limits: noise that is correlated between neighbouring pixels (scan-line offsets, jitter,
+detector afterglow) is partly learned as signal and stays in the output.
+
+Paired mode (a clean target) uses the L1 + L2 restoration loss
+(:func:`~napari_emssl.tasks.restoration.restoration_loss`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError
+from .restoration import LossFn, SampleFn, make_paired_loss_fn, to_tensor
+
+__all__ = ["REPLACEMENTS", "cell_size", "blind_spot_mask", "blind_spot_batch", "denoise_loss", "make_denoise_loss_fn"]
+
+REPLACEMENTS = ("mean", "neighbour")
+_NEIGHBOURS = torch.tensor([(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)])
+
+
+def cell_size(fraction: float) -> int:
+    """Side of the stratification cell for a masked ``fraction`` (one pixel per cell)."""
+    if not 0.0 < fraction <= 1.0:
+        raise InputError(f"the masked fraction must be in (0, 1], got {fraction}")
+    return max(1, round(1.0 / math.sqrt(fraction)))
+
+
+def blind_spot_mask(
+    shape: tuple[int, int, int, int] | torch.Size,
+    fraction: float = 0.01,
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Bool mask ``(B, 1, H, W)``: one random pixel per ``s x s`` cell, the cell grid shifted at random per sample.
+
+    The expected masked fraction is ``1 / s**2`` (about ``fraction``). Random numbers come
+    from ``generator`` (on its device) and the mask is moved to ``device``.
+    """
+    b, _, h, w = (int(v) for v in shape)
+    s = cell_size(fraction)
+    gen_device = generator.device if generator is not None else torch.device(device or "cpu")
+    ny, nx = -(-h // s) + 1, -(-w // s) + 1  # one extra cell row/column to cover the shift
+    shift = torch.randint(0, s, (b, 2, 1, 1), generator=generator, device=gen_device)
+    inner = torch.randint(0, s, (b, 2, ny, nx), generator=generator, device=gen_device)
+    ys = torch.arange(ny, device=gen_device).view(1, ny, 1) * s - shift[:, 0] + inner[:, 0]
+    xs = torch.arange(nx, device=gen_device).view(1, 1, nx) * s - shift[:, 1] + inner[:, 1]
+    valid = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
+    bi = torch.arange(b, device=gen_device).view(b, 1, 1).expand(b, ny, nx)
+    flat = (bi * h + ys) * w + xs
+    mask = torch.zeros(b * h * w, dtype=torch.bool, device=gen_device)
+    mask[flat[valid]] = True
+    return mask.view(b, 1, h, w).to(device if device is not None else gen_device)
+
+
+def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
+    """Mirror indices -1 -> 1 and size -> size - 2 (the edge pixel is not repeated)."""
+    index = torch.where(index < 0, -index, index)
+    return torch.where(index > size - 1, 2 * (size - 1) - index, index)
+
+
+def blind_spot_batch(
+    images: torch.Tensor,
+    fraction: float = 0.01,
+    *,
+    generator: torch.Generator | None = None,
+    replace: str = "mean",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask a batch ``(B, C, H, W)`` for blind-spot training; returns ``(masked_input, mask)``.
+
+    ``mask`` is ``(B, 1, H, W)`` bool (the same positions in every channel). At masked
+    pixels the input holds the mean of the 8 neighbours (``replace="mean"``) or a random
+    one of the 8 neighbours (``"neighbour"``), never the pixel's own value. Needs H, W >= 2.
+    """
+    if images.ndim != 4:
+        raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
+    if replace not in REPLACEMENTS:
+        raise InputError(f"replace must be one of {', '.join(REPLACEMENTS)}, got {replace!r}")
+    b, c, h, w = images.shape
+    if h < 2 or w < 2:
+        raise InputError(f"blind-spot masking needs images of at least 2x2 pixels, got {h}x{w}")
+    mask = blind_spot_mask(images.shape, fraction, generator=generator, device=images.device)
+    if replace == "mean":
+        kernel = torch.ones(3, 3, dtype=images.dtype, device=images.device)
+        kernel[1, 1] = 0.0
+        kernel = (kernel / 8.0).expand(c, 1, 3, 3)
+        padded = F.pad(images, (1, 1, 1, 1), mode="reflect")  # mirrors without the edge pixel, like _reflect
+        values = F.conv2d(padded, kernel, groups=c)
+        return torch.where(mask, values, images), mask
+    bi, _, yi, xi = mask.nonzero(as_tuple=True)
+    gen_device = generator.device if generator is not None else images.device
+    pick = torch.randint(0, 8, (bi.numel(),), generator=generator, device=gen_device).to(images.device)
+    offsets = _NEIGHBOURS.to(images.device)[pick]
+    ny = _reflect(yi + offsets[:, 0], h)
+    nx = _reflect(xi + offsets[:, 1], w)
+    masked = images.clone()
+    masked[bi, :, yi, xi] = images[bi, :, ny, nx]
+    return masked, mask
+
+
+def denoise_loss(
+    net: torch.nn.Module,
+    images: torch.Tensor,
+    *,
+    fraction: float = 0.01,
+    generator: torch.Generator | None = None,
+    replace: str = "mean",
+) -> dict[str, torch.Tensor]:
+    """Blind-spot loss: MSE between ``net(masked)`` and the noisy ``images`` on the masked pixels only.
+
+    Returns ``loss`` and ``masked_fraction`` (a float tensor, for the log).
+    """
+    masked, mask = blind_spot_batch(images, fraction, generator=generator, replace=replace)
+    pred = net(masked).float()
+    weight = mask.to(pred.dtype)
+    n = weight.sum() * pred.shape[1]
+    loss = (((pred - images.float()) ** 2) * weight).sum() / n.clamp_min(1.0)
+    return {"loss": loss, "masked_fraction": weight.mean().detach()}
+
+
+def make_denoise_loss_fn(
+    sample: SampleFn,
+    batch_size: int,
+    device: torch.device | str,
+    *,
+    paired: bool = False,
+    fraction: float = 0.01,
+    replace: str = "mean",
+    seed: int = 0,
+) -> LossFn:
+    """The trainer's ``loss_fn(net)`` for denoising.
+
+    ``paired=False``: ``sample(batch_size)`` gives noisy patches (its targets are ignored,
+    e.g. ``PatchSampler(norm, None, patch).sample``) and the blind-spot loss is used, with
+    masks drawn from a CPU generator seeded with ``seed``. ``paired=True``: the sampler gives
+    ``(noisy, clean)`` (e.g. :class:`~napari_emssl.tasks.restoration.PairedPatchSampler`)
+    and the L1 + L2 loss is used.
+    """
+    if paired:
+        return make_paired_loss_fn(sample, batch_size, device)
+    cell_size(fraction)  # fail early on a bad fraction
+    generator = torch.Generator(device="cpu")
+    generator.manual_seed(int(seed))
+
+    def loss_fn(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+        x, _ = sample(batch_size)
+        return denoise_loss(net, to_tensor(x, device), fraction=fraction, generator=generator, replace=replace)
+
+    return loss_fn
