@@ -97,6 +97,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--patch-size", type=int, default=None)
+    parser.add_argument("--init", default=None, help="bundled (the default), random, or a model / pretrain folder")
     parser.add_argument("--test-sections", default="1-19")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-rf", action="store_true")
@@ -108,7 +109,7 @@ def main() -> None:
     strokes = simulate_strokes(truth, BUDGET, brush_radius=2, stroke_length=60, seed=args.seed)
     tests = [load_section(i) for i in parse_sections(args.test_sections)]
     overrides = {k: v for k, v in {"steps": args.steps, "arch": args.arch, "lr": args.lr, "batch_size": args.batch_size,
-                                   "patch_size": args.patch_size}.items() if v is not None}
+                                   "patch_size": args.patch_size, "init": args.init}.items() if v is not None}
     config = FinetuneConfig(preview_every_s=0, seed=args.seed, arch_kwargs=json.loads(args.arch_kwargs), **overrides)
     result = {
         "benchmark": "segmentation_strokes", "tag": args.tag, "package_version": __version__,

@@ -14,11 +14,17 @@ import argparse
 import csv
 import hashlib
 import json
+import os
+import platform
+import sys
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file, save_file
 
-ZOO = Path(__file__).resolve().parents[1] / "src" / "napari_emssl" / "zoo"
+ROOT = Path(__file__).resolve().parents[1]
+ZOO = ROOT / "src" / "napari_emssl" / "zoo"
+sys.path.insert(0, str(ROOT / "benchmarks"))
 LIMIT_BYTES = 60 * 1024 * 1024
 TASKS = ["segment", "denoise", "bgremove", "superres"]
 
@@ -36,10 +42,41 @@ def final_losses(run: Path) -> dict[str, float]:
     return out
 
 
+def device_name(kind: str) -> str:
+    """What ran the training, in words (a CUDA device's name, or the CPU and its core count)."""
+    if kind.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def portable(command: str | None) -> str | None:
+    """The recorded command with this machine's paths replaced by the names the docs use."""
+    if not command:
+        return command
+    data = os.environ.get("EMSSL_DATA")
+    if data:
+        command = command.replace(str(Path(data).resolve()), "$EMSSL_DATA").replace(data, "$EMSSL_DATA")
+    return command.replace(sys.executable, "python").replace(str(ROOT) + "/", "")
+
+
+def budget_note(name: str, plan: dict, kind: str) -> str:
+    budget = (plan.get("budgets_s") or {}).get(name, plan.get("budget_s"))
+    if kind.startswith("cuda"):
+        return f"trained on a GPU within a wall-clock budget of {budget} s"
+    return (f"trained without a GPU, within a wall-clock budget of {budget} s on the CPU: a short run that makes the "
+            "CPU budget count (steps chosen so the learning-rate schedule completes); retrain on a GPU with "
+            "scripts/train_bundled.py for stronger weights")
+
+
 def card(name: str, run: Path, plan: dict) -> dict:
+    from pretrain_throughput import flops_per_image
+
     meta = json.loads((run / "model.json").read_text())
     lineage = meta.get("lineage", {}).get("pretrain", {})
     rows = list(csv.DictReader(open(run / "log.csv")))
+    batch = int(lineage.get("global_batch") or plan.get("batch_size"))
+    patch = int(lineage.get("patch") or plan.get("patch"))
+    steps, seconds = int(rows[-1]["step"]), float(rows[-1]["seconds"])
     return {
         "name": name,
         "file": f"{name}.safetensors",
@@ -47,17 +84,22 @@ def card(name: str, run: Path, plan: dict) -> dict:
         "arch_kwargs": meta.get("arch_kwargs", {}),
         "method": meta.get("method") or lineage.get("method"),
         "tasks": TASKS,
-        "steps": int(rows[-1]["step"]),
-        "seconds": float(rows[-1]["seconds"]),
-        "batch_size": plan.get("batch_size"),
-        "patch": plan.get("patch"),
-        "device": lineage.get("device") or meta.get("device"),
+        "steps": steps,
+        "completed": bool(lineage.get("completed", True)),
+        "seconds": seconds,
+        "batch_size": batch,
+        "patch": patch,
+        "patches_per_s": steps * batch / seconds,
+        "train_flops_per_patch": flops_per_image(meta.get("method") or lineage.get("method"), meta["arch"], patch),
+        "device": device_name(str(lineage.get("device") or plan.get("device") or "cpu")),
         "final_losses": final_losses(run),
         "data": plan.get("corpus"),
         "data_note": "unlabeled images only; the labeled ssTEM stack1 (the benchmark's test set) was not used",
-        "command": plan.get("commands", {}).get(name),
-        "driver": plan.get("command"),
-        "licence_note": "weights derived from the data above; the ssTEM images are CC BY-NC-SA 3.0 (non-commercial)",
+        "command": portable(plan.get("commands", {}).get(name)),
+        "driver": portable(plan.get("command")),
+        "budget_note": budget_note(name, plan, str(lineage.get("device") or plan.get("device") or "cpu")),
+        "licence_note": "weights derived from the data above: the ssTEM images are CC BY-NC-SA 3.0 (non-commercial), "
+                        "the STEM images come from atomap (GPL-3), the SEM images are MIT",
         "stored_as": "float16",
     }
 

@@ -3,6 +3,13 @@
     EMSSL_DATA=../shared/data PYTHONPATH=src python scripts/train_bundled.py --budget-s 420 --out runs/bundled
     PYTHONPATH=src python scripts/package_bundled.py runs/bundled
 
+Without a GPU (``--device cpu --sequential``) the runs go one after another, each alone on
+the CPU with its own budget (``--budget NAME=SECONDS``, else ``--budget-s``), calibrated
+just before it starts:
+
+    EMSSL_DATA=../shared/data PYTHONPATH=src python scripts/train_bundled.py --device cpu --sequential \
+        --batch-size 16 --only gan_resunet_b3_rf96 --budget gan_resunet_b3_rf96=1100 --out runs/bundled
+
 Corpus: every unlabeled image in the data folder (see CORPUS). The labeled ssTEM stack1 is
 left out on purpose: it is the test set of the transfer benchmark, and pretraining on its
 sections would let the pretrained models see the test images.
@@ -98,6 +105,47 @@ def steps_per_second(run_dir: Path, skip: int = 10) -> float:
     return (int(last["step"]) - int(first["step"])) / max(1e-6, float(last["seconds"]) - float(first["seconds"]))
 
 
+def _update_plan(path: Path, **changes) -> dict:
+    """Merge ``changes`` into ``plan.json`` (runs of several calls share one plan)."""
+    plan = json.loads(path.read_text()) if path.is_file() else {}
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(plan.get(key), dict):
+            plan[key].update(value)
+        else:
+            plan[key] = value
+    path.write_text(json.dumps(plan, indent=2))
+    return plan
+
+
+def sequential(specs: list[tuple[str, str, str]], args: argparse.Namespace) -> None:
+    """Each spec alone: calibrate ``--calibrate-steps`` steps, then train for its budget."""
+    budgets = {}
+    for item in args.budget:
+        name, _, seconds = item.partition("=")
+        budgets[name] = float(seconds)
+    plan_path = args.out / "plan.json"
+    _update_plan(plan_path, batch_size=args.batch_size, patch=args.patch, device=args.device,
+                 corpus=[{"path": p, "licence": lic} for p, lic in CORPUS])
+    for name, method, arch in specs:
+        budget = budgets.get(name, args.budget_s)
+        calib = args.out / "_calibration" / name
+        codes = launch({name: command(method, arch, calib, args.calibrate_steps, args)}, args.out / "_calibration" / "logs", 600)
+        try:
+            rate = steps_per_second(calib, skip=1)
+        except (OSError, ValueError, IndexError, KeyError) as exc:
+            print(f"{name}: calibration failed (exit {codes[name]}): {exc}", flush=True)
+            continue
+        steps = max(50, int(0.9 * rate * budget))
+        cmd = command(method, arch, args.out / name, steps, args)
+        print(f"{name}: {rate:.2f} steps/s alone -> {steps} steps in {budget:.0f} s", flush=True)
+        t0 = time.monotonic()
+        codes = launch({name: cmd}, args.out / "logs", budget * 1.3 + 60)
+        _update_plan(plan_path, command=" ".join(sys.argv), calibration_steps_per_s={name: rate}, steps={name: steps},
+                     budgets_s={name: budget}, commands={name: " ".join(cmd)}, exit_codes={name: codes[name]},
+                     wall_s={name: time.monotonic() - t0})
+        print(f"{name}: exit {codes[name]} after {time.monotonic() - t0:.0f} s", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/bundled"))
@@ -108,9 +156,16 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", nargs="*", help="names of SPECS to train (default: all)")
+    parser.add_argument("--sequential", action="store_true",
+                        help="one run after another, each calibrated and trained alone (for a CPU)")
+    parser.add_argument("--budget", action="append", default=[], metavar="NAME=SECONDS",
+                        help="with --sequential: this run's budget (default --budget-s)")
     args = parser.parse_args()
     specs = [s for s in SPECS if not args.only or s[0] in args.only]
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.sequential:
+        sequential(specs, args)
+        return
 
     calib = args.out / "_calibration"
     t0 = time.monotonic()

@@ -145,6 +145,18 @@ def pretrain(args) -> int:
     return EXIT_OK
 
 
+def describe_init(info: dict) -> str:
+    """One line on where the fine-tuned network's weights came from (RunStarted info of a fine-tune)."""
+    if info.get("init_note"):
+        return f"{info['init_note']}; starting from random weights"
+    if info.get("init") == "random" or "matched_tensors" not in info:
+        return "starting from random weights"
+    origin = info["init"]
+    if info.get("pretrain_method"):
+        origin += f" ({info['pretrain_method']} pretraining, {info.get('pretrain_steps')} steps)"
+    return f"starting from {origin}: {info['matched_tensors']} of {info['total_tensors']} tensors loaded"
+
+
 def finetune(args) -> int:
     _quiet_tifffile()
     if args.task != "segment":
@@ -160,11 +172,16 @@ def finetune(args) -> int:
         device=args.device, preview_every_s=0,
     )
     token = CancelToken()
+    progress = Progress("fine-tune", args.quiet)
+
+    def on_event(event) -> None:
+        if isinstance(event, RunStarted) and not args.quiet:
+            print(f"emssl: {describe_init(event.info)}", file=sys.stderr)
+        progress(event)
+
     with ctrl_c_cancels(token):
         last = api.run_to_end(
-            api.iter_finetune(image, labels, config, cancel=token, out_dir=args.out, source=str(args.image)),
-            Progress("fine-tune", args.quiet),
-        )
+            api.iter_finetune(image, labels, config, cancel=token, out_dir=args.out, source=str(args.image)), on_event)
     result = last.result
     if isinstance(last, RunCancelled):
         print(f"emssl: cancelled at step {result.steps}; the model trained so far is in {result.model_dir}", file=sys.stderr)

@@ -279,13 +279,14 @@ def _initial_network(config: FinetuneConfig, num_classes: int) -> tuple[torch.nn
     if config.init == "random":
         return net, {"init": "random"}
     if config.init == "bundled":
-        entry = zoo.bundled_for(config.task, arch)
+        entry = zoo.bundled_for(config.task, arch, dict(net.arch_kwargs))
         if entry is None:
-            return net, {"init": "random", "init_note": f"no bundled pretrained weights for {arch!r} yet"}
+            return net, {"init": "random", "init_note": f"no bundled pretrained weights for {arch!r} with options {dict(net.arch_kwargs)}"}
         from safetensors.torch import load_file
 
         matched, total = load_matching(net, load_file(str(entry.path)))
-        return net, {"init": f"bundled:{entry.name}", "matched_tensors": matched, "total_tensors": total}
+        return net, {"init": f"bundled:{entry.name}", "init_kind": "bundled", "pretrain_method": entry.method,
+                     "pretrain_steps": entry.card.get("steps"), "matched_tensors": matched, "total_tensors": total}
     if source.meta["arch"] != arch or source.meta["arch_kwargs"] != dict(net.arch_kwargs):
         raise ModelFormatError(
             f"the model in {str(config.init)!r} is a {source.meta['arch']!r} network with options {source.meta['arch_kwargs']}; "

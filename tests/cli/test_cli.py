@@ -173,7 +173,16 @@ def test_progress_bar_on_stderr(capsys, files, tmp_path):
                          tmp_path / "m", "--steps", 2, *TINY)
     assert code == 0
     assert "fine-tune [cpu]" in err and "2/2" in err
+    assert "emssl: starting from random weights" in err  # where the weights came from is said once
     assert "fine-tune [cpu]" not in out  # stdout stays clean for scripts
+
+
+def test_finetune_says_which_pretrained_weights_it_loaded(capsys, files, tmp_path, tiny_model_dir):
+    code, _, err = run(capsys, "finetune", "--image", files["image"], "--labels", files["labels"], "--out", tmp_path / "m",
+                       "--init", tiny_model_dir, "--steps", 1, "--patch-size", 32, "--batch-size", 2, "--device", "cpu")
+    assert code == 0, err
+    line = next(x for x in err.splitlines() if x.startswith("emssl: starting from"))
+    assert str(tiny_model_dir) in line and "tensors loaded" in line
 
 
 # ---------------------------------------------------------------------------------------------- errors: exit 1, one line

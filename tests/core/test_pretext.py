@@ -456,6 +456,10 @@ CONTRACT_CASES = [
     pytest.param("mff", VIT, MAE_OPTS, id="mff"),
     pytest.param("mocov3", VIT, MOCO_OPTS, id="mocov3-vit"),
     pytest.param("mocov3", RES, MOCO_OPTS, id="mocov3-resunet"),
+    pytest.param("gan", HRNET, {}, id="gan-hrnet"),
+    pytest.param("mae", HRNET, {}, id="mae-hrnet"),
+    pytest.param("mocov3", HRNET, MOCO_OPTS, id="mocov3-hrnet"),
+    pytest.param("mocov3", SMP, MOCO_OPTS, id="mocov3-smp"),
 ]
 
 

@@ -73,7 +73,8 @@ def test_toy_loss_falls_and_run_writes_model_dir(tmp_path):
     assert previews and previews[0].data.dtype == np.float32 and previews[0].data.shape == (32, 32)
     assert any(isinstance(e, Checkpointed) for e in events)
     out = tmp_path / "run"
-    assert {"checkpoint.safetensors", "checkpoint.json", "model.safetensors", "model.json", "log.csv"} <= {p.name for p in out.iterdir()}
+    assert {"checkpoint-00000024.safetensors", "checkpoint.json", "model.safetensors", "model.json", "log.csv"} <= {p.name for p in out.iterdir()}
+    assert len(list(out.glob("checkpoint*.safetensors"))) == 1  # earlier saves' weights are gone
     assert _no_temp_files(out)
     meta, state = read_pretrained(out)
     assert meta["task"] == "pretrain" and meta["arch"] == TINY_ARCH and meta["arch_kwargs"]["base_channels"] == 4
@@ -159,7 +160,7 @@ def test_resume_refuses_missing_corrupt_or_mismatched_checkpoints(tmp_path):
         list(api.iter_pretrain(_images(), _config(steps=4), out, resume=True, pretext=ToyTwoPhase()))
     with pytest.raises(InputError, match="options"):
         list(api.iter_pretrain(_images(), _config(steps=4), out, resume=True, pretext=ToyDenoiser(arch_kwargs={"base_channels": 8})))
-    weights = out / "checkpoint.safetensors"
+    weights = out / json.loads((out / "checkpoint.json").read_text())["weights_file"]
     weights.write_bytes(weights.read_bytes()[:200])
     with pytest.raises(InputError, match="damaged"):
         list(api.iter_pretrain(_images(), _config(steps=4), out, resume=True, pretext=ToyDenoiser()))
@@ -211,3 +212,30 @@ def test_gan_pretrains_end_to_end_with_a_tiny_resunet(tmp_path, disks, tiny_conf
     image, _, labels = disks(0)
     info = list(api.iter_finetune(image, labels, tiny_config(init=str(tmp_path / "gan"), steps=1)))[0].info
     assert info["matched_tensors"] > 0
+
+
+def test_a_crash_while_saving_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
+    from napari_emssl.engine import checkpoint as ckpt
+
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(net.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    info = {"method": "toy", "arch": "toy", "arch_kwargs": {}}
+    save = lambda step: ckpt.save_checkpoint(tmp_path, pretext=net, optimisers={"main": opt}, schedulers={"main": sched},  # noqa: E731
+                                             step=step, total_steps=10, info=info)
+    save(3)
+    with torch.no_grad():
+        net.weight.add_(1.0)
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt  # the process dies after the new weights file, before the JSON
+
+    monkeypatch.setattr(ckpt, "_write_json", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save(7)
+    loaded = ckpt.load_checkpoint(tmp_path)
+    assert loaded.step == 3 and not torch.equal(loaded.tensors["model.weight"], net.weight.detach())
+    monkeypatch.undo()
+    save(8)  # the next save commits and clears both older weights files
+    assert ckpt.load_checkpoint(tmp_path).step == 8
+    assert [p.name for p in tmp_path.glob("checkpoint*.safetensors")] == ["checkpoint-00000008.safetensors"]

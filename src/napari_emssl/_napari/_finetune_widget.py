@@ -167,7 +167,8 @@ class FinetuneWidget(StopsRunOnClose, QWidget):
         if info is None:
             self.arch_info.setText("")
             return
-        weights = "pretrained weights bundled" if zoo.bundled_for("segment", name) else "no bundled pretrained weights yet"
+        entry = zoo.bundled_for("segment", name, dict(info.default_kwargs))
+        weights = f"bundled {entry.method} pretrained weights" if entry else "no bundled pretrained weights"
         self.arch_info.setText(f"receptive field {info.receptive_field} px · {weights}")
 
     def pretrained_dir(self) -> str | None:

@@ -2,7 +2,7 @@
 
 A pretraining output folder ``DIR`` holds
 
-* ``checkpoint.safetensors``: every tensor of the pretext module under ``model.<name>``,
+* ``checkpoint-<step>.safetensors``: every tensor of the pretext module under ``model.<name>``,
   every optimiser state tensor under ``optim.<phase>.<param index>.<name>`` and the
   random generator states under ``rng.<name>``;
 * ``checkpoint.json``: format version, step, total steps, per-phase optimiser
@@ -12,8 +12,13 @@ A pretraining output folder ``DIR`` holds
   downstream network starts from, :meth:`Pretext.pretrained_state`), ``model.json``
   (task ``"pretrain"``) and ``log.csv``.
 
-Every file is written to a temporary name in ``DIR`` and renamed. The step is stored in
-both checkpoint files, so a pair from two different saves is detected and refused.
+Every file is written to a temporary name in ``DIR``, flushed to disk and renamed. The
+JSON file is the commit point: it names the weights file of its own save (stamped with
+the step), which is written first, and the previous weights file is deleted only after
+the new JSON is in place. A crash at any moment leaves a complete pair (the old or the
+new one). The step is also stored inside the weights file, so a mismatched pair (e.g.
+copied together by hand) is detected and refused. Folders written before the weights
+file was step-stamped (``checkpoint.safetensors``, no ``weights_file`` in the JSON) still load.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from ..errors import InputError, ModelFormatError
 from .model_dir import FORMAT_VERSION, LOG_NAME, META_NAME, WEIGHTS_NAME, _atomic_write, _json_default, _log_csv
 
 CHECKPOINT_VERSION = 1
-CHECKPOINT_WEIGHTS = "checkpoint.safetensors"
+CHECKPOINT_WEIGHTS = "checkpoint.safetensors"  # the weights file of folders written without a ``weights_file`` entry
 CHECKPOINT_META = "checkpoint.json"
 PRETRAIN_TASK = "pretrain"
 
@@ -64,9 +69,18 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2, default=_json_default)))
 
 
+def weights_name(step: int) -> str:
+    """The checkpoint weights file of the save at ``step``."""
+    return f"checkpoint-{int(step):08d}.safetensors"
+
+
+def _weights_files(path: Path) -> list[Path]:
+    return sorted(path.glob("checkpoint*.safetensors"))
+
+
 def has_checkpoint(directory: str | os.PathLike) -> bool:
     path = Path(directory)
-    return (path / CHECKPOINT_META).exists() or (path / CHECKPOINT_WEIGHTS).exists()
+    return (path / CHECKPOINT_META).exists() or bool(_weights_files(path))
 
 
 def save_checkpoint(
@@ -100,30 +114,41 @@ def save_checkpoint(
         optim_meta[phase] = {"param_groups": sd["param_groups"], "state": other}
     for name, value in (rng or {}).items():
         tensors[f"rng.{name}"] = _cpu(value)
+    name = weights_name(step)
     meta = {
         "checkpoint_version": CHECKPOINT_VERSION,
         "package_version": __version__,
+        "weights_file": name,
         "step": int(step),
         "total_steps": int(total_steps),
         "optimisers": optim_meta,
         "schedulers": {phase: {"last_epoch": int(s.last_epoch)} for phase, s in schedulers.items()},
         **info,
     }
-    _atomic_write(path / CHECKPOINT_WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={"step": str(int(step))}))
-    _write_json(path / CHECKPOINT_META, meta)
+    _atomic_write(path / name, lambda tmp: save_file(tensors, tmp, metadata={"step": str(int(step))}))
+    _write_json(path / CHECKPOINT_META, meta)  # the commit point
+    for old in _weights_files(path):
+        if old.name != name:
+            old.unlink(missing_ok=True)
     return path / CHECKPOINT_META
 
 
 def load_checkpoint(directory: str | os.PathLike) -> Checkpoint:
     """Read a checkpoint pair; :class:`InputError` when it is missing, damaged or inconsistent."""
     path = Path(directory)
-    meta_path, weights_path = path / CHECKPOINT_META, path / CHECKPOINT_WEIGHTS
-    if not meta_path.is_file() or not weights_path.is_file():
-        raise InputError(f"no pretraining checkpoint in '{path}' (it needs {CHECKPOINT_META} and {CHECKPOINT_WEIGHTS})")
+    meta_path = path / CHECKPOINT_META
+    if not meta_path.is_file():
+        raise InputError(f"no pretraining checkpoint in '{path}' (it needs {CHECKPOINT_META} and its weights file)")
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"the checkpoint '{meta_path}' is damaged (not valid JSON: {exc}); start a new run") from None
+    name = meta.get("weights_file", CHECKPOINT_WEIGHTS) if isinstance(meta, dict) else CHECKPOINT_WEIGHTS
+    if not isinstance(name, str) or Path(name).name != name or not name.endswith(".safetensors"):
+        raise InputError(f"the checkpoint '{meta_path}' is damaged: bad weights file name {name!r}")
+    weights_path = path / name
+    if not weights_path.is_file():
+        raise InputError(f"the checkpoint '{meta_path}' names the weights file '{name}', which is missing from '{path}'")
     if not isinstance(meta, dict) or meta.get("checkpoint_version") != CHECKPOINT_VERSION:
         version = meta.get("checkpoint_version") if isinstance(meta, dict) else None
         raise InputError(f"the checkpoint '{meta_path}' has format version {version!r}; this napari-emssl reads {CHECKPOINT_VERSION}")

@@ -137,12 +137,29 @@ def check_state_dict(net: torch.nn.Module, state: dict[str, torch.Tensor], *, so
         raise ModelFormatError(f"the weights in {source} do not fit the architecture: " + "; ".join(parts))
 
 
+def _fsync(path: str | os.PathLike, directory: bool = False) -> None:
+    """Flush ``path`` (a file, or a folder's entries) to disk; a no-op where the OS does not allow it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def _atomic_write(final: Path, write) -> None:
+    """``write(tmp)`` to a temporary file beside ``final``, flush it to disk, rename it to ``final``."""
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
     try:
         write(tmp)
+        _fsync(tmp)
         os.replace(tmp, final)
+        _fsync(final.parent, directory=True)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

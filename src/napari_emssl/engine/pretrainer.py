@@ -319,10 +319,15 @@ def pretrain_loop(
 
 
 def _preview(pretext: torch.nn.Module, fixed: torch.Tensor, step: int) -> Preview | None:
+    """The pretext's reconstruction of ``fixed``, drawn from a forked random stream: previews come on a
+    wall-clock schedule, so drawing from the training stream would make runs depend on timing."""
     was_training = pretext.training
     pretext.eval()
+    devices = [fixed.device] if fixed.device.type == "cuda" else []
     try:
-        out = pretext.preview(fixed)
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(step)
+            out = pretext.preview(fixed)
     finally:
         pretext.train(was_training)
     if out is None:

@@ -11,7 +11,7 @@ momentum that rises from 0.99 to 1 by a half cosine over the run (:meth:`after_s
 Encoders: for ViTs the registry model's timm ``encoder`` with the patch embedding frozen at
 its random initialisation (the paper's stabilisation trick), features = mean of the final
 (normed) tokens (no class token); for CNNs the registry model's ``encoder`` (a list of
-feature maps), features = global average pool of the deepest map.
+feature maps), features = global average pools of every map the encoder returns, concatenated.
 
 Optimiser: AdamW, betas (0.9, 0.999), weight decay 0.1, lr = ``base_lr`` 1.5e-4 x
 ``batch_size`` / 256 floored at ``min_lr`` 1e-4 (``lr`` overrides both). The CNN variant
@@ -81,14 +81,19 @@ class _ViTFeatures(nn.Module):
 
 
 class _CNNFeatures(nn.Module):
-    """A registry CNN's encoder as a feature extractor: global average pool of the deepest map."""
+    """A registry CNN's encoder as a feature extractor: the global average pools of every map it returns, concatenated.
+
+    Pooling every scale, not only the deepest, trains every part of the encoder that the
+    downstream network uses: HRNet's encoder returns four parallel branches whose last
+    fuse layers feed only the shallower ones, and a U-Net decoder reads every skip.
+    """
 
     def __init__(self, encoder: nn.Module) -> None:
         super().__init__()
         self.encoder = encoder
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x)[-1].mean(dim=(2, 3))
+        return torch.cat([f.mean(dim=(2, 3)) for f in self.encoder(x)], dim=1)
 
 
 class MoCoV3Pretext(Pretext):
