@@ -4,7 +4,9 @@
 
 ``--ship`` lists the runs to bundle, in order of preference: ``--init bundled`` takes the
 first entry that fits the task and architecture, so put the one that fine-tunes best first
-(measured by ``benchmarks/pretrain_transfer.py``). The total size is checked against the
+(measured by ``benchmarks/pretrain_transfer.py``). ``--tasks NAME=TASK,TASK`` limits the
+tasks an entry is used for (default: all), with ``--task-note NAME=TEXT`` saying why: an
+entry that did not beat random initialisation on a task in the benchmark is not used for it. The total size is checked against the
 60 MB the package allows for weights.
 """
 
@@ -32,7 +34,8 @@ TASKS = ["segment", "denoise", "bgremove", "superres"]
 def final_losses(run: Path) -> dict[str, float]:
     rows = list(csv.DictReader(open(run / "log.csv")))
     tail = rows[-20:]  # mean of the last 20 logged rows: one row is noisy
-    keys = [k for k in tail[0] if k not in ("step", "lr", "seconds", "images_per_s") and tail[0][k] not in ("", None)]
+    keys = [k for k in tail[0] if k not in ("step", "seconds", "images_per_s") and not k.startswith("lr")
+            and tail[0][k] not in ("", None)]
     out = {}
     for k in keys:
         try:
@@ -68,7 +71,7 @@ def budget_note(name: str, plan: dict, kind: str) -> str:
             "scripts/train_bundled.py for stronger weights")
 
 
-def card(name: str, run: Path, plan: dict) -> dict:
+def card(name: str, run: Path, plan: dict, tasks: list[str] | None = None, task_note: str | None = None) -> dict:
     from pretrain_throughput import flops_per_image
 
     meta = json.loads((run / "model.json").read_text())
@@ -83,7 +86,8 @@ def card(name: str, run: Path, plan: dict) -> dict:
         "arch": meta["arch"],
         "arch_kwargs": meta.get("arch_kwargs", {}),
         "method": meta.get("method") or lineage.get("method"),
-        "tasks": TASKS,
+        "tasks": tasks or TASKS,
+        "task_note": task_note,
         "steps": steps,
         "completed": bool(lineage.get("completed", True)),
         "seconds": seconds,
@@ -96,7 +100,7 @@ def card(name: str, run: Path, plan: dict) -> dict:
         "data": plan.get("corpus"),
         "data_note": "unlabeled images only; the labeled ssTEM stack1 (the benchmark's test set) was not used",
         "command": portable(plan.get("commands", {}).get(name)),
-        "driver": portable(plan.get("command")),
+        "driver": portable((plan.get("drivers") or {}).get(name) or plan.get("command")),
         "budget_note": budget_note(name, plan, str(lineage.get("device") or plan.get("device") or "cpu")),
         "licence_note": "weights derived from the data above: the ssTEM images are CC BY-NC-SA 3.0 (non-commercial), "
                         "the STEM images come from atomap (GPL-3), the SEM images are MIT",
@@ -108,14 +112,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", type=Path, help="the --out folder of scripts/train_bundled.py")
     parser.add_argument("--ship", nargs="+", required=True, help="run names to bundle, preferred first")
+    parser.add_argument("--tasks", action="append", default=[], metavar="NAME=TASK,TASK", help="tasks an entry is used for")
+    parser.add_argument("--task-note", action="append", default=[], metavar="NAME=TEXT", help="why an entry skips a task")
     args = parser.parse_args()
+    tasks = {n: [t for t in v.split(",") if t] for n, _, v in (x.partition("=") for x in args.tasks)}
+    notes = {n: v for n, _, v in (x.partition("=") for x in args.task_note)}
+    for name, ts in tasks.items():
+        unknown = sorted(set(ts) - set(TASKS))
+        if name not in args.ship or unknown:
+            parser.error(f"--tasks {name}: not a shipped run, or unknown task(s) {unknown}")
     plan = json.loads((args.runs / "plan.json").read_text())
     entries, total = [], 0
     for name in args.ship:
         run = args.runs / name
         state = load_file(str(run / "model.safetensors"))
         half = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
-        entry = card(name, run, plan)
+        entry = card(name, run, plan, tasks.get(name), notes.get(name))
         target = ZOO / entry["file"]
         save_file(half, str(target), metadata={"name": name, "arch": entry["arch"], "method": str(entry["method"])})
         entry["sha256"] = hashlib.sha256(target.read_bytes()).hexdigest()

@@ -140,7 +140,8 @@ def sequential(specs: list[tuple[str, str, str]], args: argparse.Namespace) -> N
         print(f"{name}: {rate:.2f} steps/s alone -> {steps} steps in {budget:.0f} s", flush=True)
         t0 = time.monotonic()
         codes = launch({name: cmd}, args.out / "logs", budget * 1.3 + 60)
-        _update_plan(plan_path, command=" ".join(sys.argv), calibration_steps_per_s={name: rate}, steps={name: steps},
+        _update_plan(plan_path, drivers={name: " ".join(["scripts/train_bundled.py", *sys.argv[1:]])},
+                     calibration_steps_per_s={name: rate}, steps={name: steps},
                      budgets_s={name: budget}, commands={name: " ".join(cmd)}, exit_codes={name: codes[name]},
                      wall_s={name: time.monotonic() - t0})
         print(f"{name}: exit {codes[name]} after {time.monotonic() - t0:.0f} s", flush=True)

@@ -253,7 +253,8 @@ def models(args) -> int:
     bundled = list_bundled()
     print("bundled pretrained weights:" + ("" if bundled else " none in this version"))
     for entry in bundled:
-        print(f"  {entry.name:<22} {entry.arch:<22} {entry.method:<8} tasks: {', '.join(entry.tasks)}")
+        print(f"  {entry.name:<22} {entry.arch:<22} {entry.method:<8} {entry.card.get('steps', '?')} steps, "
+              f"tasks: {', '.join(entry.tasks)}" + (f" ({entry.card['task_note']})" if entry.card.get("task_note") else ""))
     if args.dir:
         print(f"model directories below {args.dir}:")
         from .engine.checkpoint import is_pretrained_dir, read_pretrained

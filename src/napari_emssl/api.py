@@ -281,7 +281,7 @@ def _initial_network(config: FinetuneConfig, num_classes: int) -> tuple[torch.nn
     if config.init == "bundled":
         entry = zoo.bundled_for(config.task, arch, dict(net.arch_kwargs))
         if entry is None:
-            return net, {"init": "random", "init_note": f"no bundled pretrained weights for {arch!r} with options {dict(net.arch_kwargs)}"}
+            return net, {"init": "random", "init_note": _no_bundled_note(config.task, arch, dict(net.arch_kwargs))}
         from safetensors.torch import load_file
 
         matched, total = load_matching(net, load_file(str(entry.path)))
@@ -294,6 +294,16 @@ def _initial_network(config: FinetuneConfig, num_classes: int) -> tuple[torch.nn
         )
     matched, total = load_matching(net, source.net.state_dict())
     return net, {"init": str(config.init), "matched_tensors": matched, "total_tensors": total}
+
+
+def _no_bundled_note(task: str, arch: str, arch_kwargs: dict[str, Any]) -> str:
+    """Why ``--init bundled`` found nothing for this task and network (said to the user; the run starts from random)."""
+    from . import zoo
+
+    for entry in zoo.bundled_for_network(arch, arch_kwargs):
+        reason = entry.card.get("task_note") or f"they are meant for {', '.join(entry.tasks)}"
+        return f"the bundled {entry.method} weights for {arch!r} are not used for {task!r}: {reason}"
+    return f"no bundled pretrained weights for {arch!r} with options {arch_kwargs}"
 
 
 def _pretrained_network(config: FinetuneConfig, num_classes: int) -> tuple[torch.nn.Module, dict[str, Any]]:

@@ -103,6 +103,11 @@ def test_models_lists_architectures(capsys, tiny_model_dir, tmp_path):
     for info in list_models():
         assert info.name in out
     assert "resunet_b2_rf44" in out and "bundled pretrained weights" in out
+    from napari_emssl import zoo
+
+    for entry in zoo.list_bundled():  # every bundled entry, with its method and pretraining length
+        line = next(x for x in out.splitlines() if x.strip().startswith(entry.name))
+        assert entry.method in line and f"{entry.card['steps']} steps" in line
 
     shutil.copytree(tiny_model_dir, tmp_path / "zoo" / "good")
     (tmp_path / "zoo" / "bad").mkdir(parents=True)

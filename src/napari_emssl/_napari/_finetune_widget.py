@@ -168,7 +168,13 @@ class FinetuneWidget(StopsRunOnClose, QWidget):
             self.arch_info.setText("")
             return
         entry = zoo.bundled_for("segment", name, dict(info.default_kwargs))
-        weights = f"bundled {entry.method} pretrained weights" if entry else "no bundled pretrained weights"
+        if entry is not None:
+            weights = f"bundled {entry.method} pretrained weights"
+        elif others := zoo.bundled_for_network(name, dict(info.default_kwargs)):
+            weights = f"bundled {others[0].method} weights not used for segmentation: starts from random"
+            self.arch_info.setToolTip(others[0].card.get("task_note") or "")
+        else:
+            weights = "no bundled pretrained weights: starts from random"
         self.arch_info.setText(f"receptive field {info.receptive_field} px · {weights}")
 
     def pretrained_dir(self) -> str | None:

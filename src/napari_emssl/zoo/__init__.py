@@ -39,6 +39,15 @@ def list_bundled() -> list[BundledWeights]:
     ]
 
 
+def _same_options(a: dict, b: dict) -> bool:
+    return json.loads(json.dumps(a)) == json.loads(json.dumps(b))
+
+
+def bundled_for_network(arch: str, arch_kwargs: dict) -> list[BundledWeights]:
+    """Every bundled entry whose weights fit ``arch`` built with ``arch_kwargs``, whatever its tasks."""
+    return [e for e in list_bundled() if e.arch == arch and _same_options(arch_kwargs, e.arch_kwargs)]
+
+
 def bundled_for(task: str, arch: str | None = None, arch_kwargs: dict | None = None) -> BundledWeights | None:
     """The first bundled weights (index order = preference) for ``task`` (and ``arch``, ``arch_kwargs``).
 
@@ -49,7 +58,7 @@ def bundled_for(task: str, arch: str | None = None, arch_kwargs: dict | None = N
     for entry in list_bundled():
         if task not in entry.tasks or (arch is not None and entry.arch != arch):
             continue
-        if arch_kwargs is not None and json.loads(json.dumps(arch_kwargs)) != json.loads(json.dumps(entry.arch_kwargs)):
+        if arch_kwargs is not None and not _same_options(arch_kwargs, entry.arch_kwargs):
             continue
         return entry
     return None
