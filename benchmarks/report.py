@@ -207,23 +207,32 @@ def bundled_section() -> list[str]:
         "patches/s is measured by each run over its whole length (data loading included). The full",
         "model cards are in `src/napari_emssl/zoo/index.json`; `emssl models` lists them.",
         "",
-        "| name | method | architecture | steps | batch x patch | wall s | patches/s | GFLOP per patch (train step) | achieved GFLOP/s | final losses | MB | device |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| name | method | architecture | used for | steps | batch x patch | wall s | patches/s | GFLOP per patch (train step) | achieved GFLOP/s | final losses | MB | device |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for e in entries:
         rate = e.get("patches_per_s")
         flops = e.get("train_flops_per_patch")
         achieved = f"{flops * rate / 1e9:.0f}" if flops and rate else "-"
-        losses = ", ".join(f"{k} {v:.3g}" for k, v in e["final_losses"].items() if k != "loss" or len(e["final_losses"]) == 1)
+        losses = ", ".join(f"{k} {v:.3g}" for k, v in e["final_losses"].items())
         lines.append(
-            f"| {e['name']} | {e['method']} | {e['arch']} | {e['steps']} | {e['batch_size']} x {e['patch']}² | {e['seconds']:.0f} | "
-            f"{rate:.1f} | {flops / 1e9:.1f} | {achieved} | {losses} | {e['bytes'] / 1e6:.1f} | {e['device']} |"
+            f"| {e['name']} | {e['method']} | {e['arch']} | {', '.join(e['tasks'])} | {e['steps']} | {e['batch_size']} x {e['patch']}² | "
+            f"{e['seconds']:.0f} | {rate:.1f} | {flops / 1e9:.1f} | {achieved} | {losses} | {e['bytes'] / 1e6:.1f} | {e['device']} |"
             if rate and flops else
-            f"| {e['name']} | {e['method']} | {e['arch']} | {e['steps']} | {e['batch_size']} x {e['patch']}² | {e['seconds']:.0f} | - | - | - | "
+            f"| {e['name']} | {e['method']} | {e['arch']} | {', '.join(e['tasks'])} | {e['steps']} | {e['batch_size']} x {e['patch']}² | "
+            f"{e['seconds']:.0f} | - | - | - | "
             f"{losses} | {e['bytes'] / 1e6:.1f} | {e['device']} |"
         )
+    notes = [f"- {e['name']}: not used for the other tasks because {e['task_note']}" for e in entries if e.get("task_note")]
+    if notes:
+        lines += [""] + notes
+    budgets = ", ".join(f"{e['name']} {e['budget_s']:.0f} s" for e in entries if e.get("budget_s"))
+    if budgets:
+        lines += ["", f"Budgets (wall clock for each run, steps chosen so that its learning-rate schedule completes): {budgets}.",
+                  f"Note from the cards: {entries[0].get('budget_note')}."]
     drivers = sorted({e["driver"] for e in entries if e.get("driver")})
-    lines += ["", "Commands:", ""] + [f"    {c}" for c in drivers]
+    lines += ["", "Commands (with `EMSSL_DATA=../shared/data PYTHONPATH=src python` in front), then "
+              "`scripts/package_bundled.py` to write the zoo:", ""] + [f"    {c}" for c in drivers]
     return lines
 
 

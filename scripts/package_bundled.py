@@ -101,6 +101,7 @@ def card(name: str, run: Path, plan: dict, tasks: list[str] | None = None, task_
         "data_note": "unlabeled images only; the labeled ssTEM stack1 (the benchmark's test set) was not used",
         "command": portable(plan.get("commands", {}).get(name)),
         "driver": portable((plan.get("drivers") or {}).get(name) or plan.get("command")),
+        "budget_s": (plan.get("budgets_s") or {}).get(name, plan.get("budget_s")),
         "budget_note": budget_note(name, plan, str(lineage.get("device") or plan.get("device") or "cpu")),
         "licence_note": "weights derived from the data above: the ssTEM images are CC BY-NC-SA 3.0 (non-commercial), "
                         "the STEM images come from atomap (GPL-3), the SEM images are MIT",
