@@ -187,7 +187,8 @@ def sweep_section(runs: list[dict]) -> list[str]:
             for value, g in sorted(_group(rows, lambda r: r["params"][factor]).items(),
                                    key=lambda kv: str(kv[0]) if factor == "arch" else kv[0]):
                 mark = " (default)" if value == base[factor] else ""
-                lines.append(f"| {init} | {factor} | {value}{mark} | {g['membrane']:.3f} | {g['mitochondria']:.3f} | "
+                label = "GAN-pretrained (gan_resunet_b3_rf96)" if init == "bundled" else init  # what `bundled` loaded then
+                lines.append(f"| {label} | {factor} | {value}{mark} | {g['membrane']:.3f} | {g['mitochondria']:.3f} | "
                              f"{g['train_seconds']:.0f} | {','.join(map(str, g['seeds']))} | "
                              f"{g['runs'][0]['device']}, {g['runs'][0]['torch_threads']} threads |")
     lines += ["", "Commands:", ""] + [f"    {c}" for c in sorted({r["command"] for r in runs})]
