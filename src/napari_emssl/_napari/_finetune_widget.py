@@ -53,14 +53,16 @@ from ._layers import (
     upsert_labels,
 )
 from ._loss_plot import LossPlot
-from ._worker import Failure, RunBridge, StopsRunOnClose, report_failure, show_error, show_info
+from ._worker import EndsTrainingRun, Failure, RunBridge, StopsRunOnClose, show_error, show_info
 
 INITS = (("bundled pretrained weights", "bundled"), ("random weights", "random"), ("a model folder…", "folder"))
 PRETRAINED = "pretrained"  # init choice: the folder of the Pretrain widget's last run
 
 
-class FinetuneWidget(StopsRunOnClose, QWidget):
+class FinetuneWidget(EndsTrainingRun, StopsRunOnClose, QWidget):
     """Fine-tune a segmentation network on painted labels (0 unpainted, 1 background, 2.. classes)."""
+
+    run_noun = "fine-tuning"
 
     model_trained = Signal(object)  # the TrainedModel, once a run has finished or was stopped
 
@@ -385,19 +387,6 @@ class FinetuneWidget(StopsRunOnClose, QWidget):
             text += " The model trained so far is kept"
             text += f" and saved in {event.result.model_dir}." if event.result.model_dir else "."
         self.controls.set_status(text)
-
-    def _on_failure(self, failure: Failure) -> None:
-        self._end_run()
-        self.controls.set_status(report_failure(failure, "fine-tuning"))
-
-    def _end_run(self) -> None:
-        if self._run is not None:
-            self._run["ended"] = True
-        self.controls.stop_button.setEnabled(False)
-
-    def _on_done(self) -> None:
-        self.controls.set_running(False)
-        self._run = None
 
     def _keep(self, model: TrainedModel) -> None:
         self.trained_model = model

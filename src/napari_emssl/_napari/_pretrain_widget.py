@@ -31,7 +31,7 @@ from ..pretext import PRETEXT_METHODS, default_arch, supported_archs
 from ._controls import CheckableLayerList, FolderEdit, RunControls, device_combo, format_seconds, spin_box
 from ._layers import docked_widgets, image_source, plane_spatial, upsert_image
 from ._loss_plot import LossPlot
-from ._worker import Failure, RunBridge, StopsRunOnClose, report_failure, show_error, show_warning
+from ._worker import EndsTrainingRun, Failure, RunBridge, StopsRunOnClose, show_error, show_warning
 
 METHOD_HELP = {
     "gan": "pix2pix: restore noisy, blurred images (CNNs; Kazimi et al. 2024)",
@@ -63,8 +63,10 @@ def _is_ours(layer: Layer) -> bool:
     return layer.name in {preview_name(m) for m in PRETEXT_METHODS} or " p(class " in layer.name
 
 
-class PretrainWidget(StopsRunOnClose, QWidget):
+class PretrainWidget(EndsTrainingRun, StopsRunOnClose, QWidget):
     """Pretrain a network self-supervised (gan, mae, mocov3, mff) on unlabeled EM images."""
+
+    run_noun = "pretraining"
 
     pretrained = Signal(str)  # the output folder, once a run has finished or was stopped
 
@@ -278,19 +280,6 @@ class PretrainWidget(StopsRunOnClose, QWidget):
                      "tick Resume and Start to continue.")
         self.controls.set_status(text)
         self._keep(event.result)
-
-    def _on_failure(self, failure: Failure) -> None:
-        self._end_run()
-        self.controls.set_status(report_failure(failure, "pretraining"))
-
-    def _end_run(self) -> None:
-        if self._run is not None:
-            self._run["ended"] = True
-        self.controls.stop_button.setEnabled(False)
-
-    def _on_done(self) -> None:
-        self.controls.set_running(False)
-        self._run = None
 
     def _keep(self, result: Any) -> None:
         folder = _model_dir(result)

@@ -159,3 +159,24 @@ class StopsRunOnClose:
         if hasattr(self, "bridge"):
             self.bridge.abandon()
         super().closeEvent(event)
+
+
+class EndsTrainingRun:
+    """Mixin for a training widget with ``controls`` (:class:`RunControls`) and a ``_run`` dict:
+    the handlers that end a run the same way in every such widget. ``run_noun`` names the run
+    in failure messages ("fine-tuning", "pretraining")."""
+
+    run_noun = "the run"
+
+    def _on_failure(self, failure: Failure) -> None:
+        self._end_run()
+        self.controls.set_status(report_failure(failure, self.run_noun))
+
+    def _end_run(self) -> None:
+        if self._run is not None:
+            self._run["ended"] = True
+        self.controls.stop_button.setEnabled(False)
+
+    def _on_done(self) -> None:
+        self.controls.set_running(False)
+        self._run = None
