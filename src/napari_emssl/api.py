@@ -62,6 +62,10 @@ class PredictResult:
     labels: np.ndarray | None  # segmentation: values 1..K, same shape as the input
     probabilities: np.ndarray | None  # (K, ...) float32 when asked for
     seconds: float
+    image: np.ndarray | None = None  # restoration: the restored image (superres: Y and X times scale_factor)
+    scale_factor: int = 1  # superres: the output pixel size is the input's divided by this
+    metrics: dict[str, float] = field(default_factory=dict)  # PSNR/SSIM against a target, when one was given
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------- pretrain
@@ -172,23 +176,35 @@ def iter_pretrain(
 
 def iter_finetune(
     image: np.ndarray,
-    labels: np.ndarray,
+    labels: np.ndarray | None = None,
     config: FinetuneConfig | None = None,
     *,
+    target: np.ndarray | None = None,
     cancel: CancelToken | None = None,
     out_dir: str | None = None,
     source: str | None = None,
     preview_z: int | None = None,
 ) -> Iterator[Event]:
-    """Fine-tune a segmentation network on ``image`` from sparse painted ``labels``.
+    """Fine-tune a network on ``image`` for ``config.task``; yield events.
 
-    Labels: 0 = not painted (ignored), 1 = background, 2.. = classes. For stacks only the
-    painted slices are used. ``out_dir`` (optional) receives the model directory, also
-    when the run is stopped (the model trained so far is kept, never lost).
+    Segmentation learns from sparse painted ``labels``: 0 = not painted (ignored),
+    1 = background, 2.. = classes; for stacks only the painted slices are used.
+    Restoration tasks (denoise, bgremove, superres) need no labels; ``target`` (a clean,
+    background-free or high-resolution image of the same field of view) switches to paired
+    training, see :mod:`napari_emssl.restoration`. ``out_dir`` (optional) receives the model
+    directory, also when the run is stopped (the model trained so far is kept, never lost).
     """
     config = config or FinetuneConfig()
     if config.task != "segment":
-        raise InputError(f"fine-tuning for task {config.task!r} is not available in this version; use --task segment")
+        from .restoration import iter_finetune_restoration
+
+        yield from iter_finetune_restoration(image, config, target=target, cancel=cancel, out_dir=out_dir, source=source,
+                                             preview_z=preview_z)
+        return
+    if target is not None:
+        raise InputError("a target image is for restoration tasks (denoise, bgremove, superres); segmentation learns from labels")
+    if labels is None:
+        raise InputError("segmentation needs painted labels (0 = not painted, 1 = background, 2.. = classes)")
     image = check_image(image)
     labels = check_labels(labels, image.shape)
     classes = check_trainable(labels)
@@ -363,14 +379,23 @@ def iter_predict(
     image: np.ndarray,
     config: PredictConfig | None = None,
     *,
+    target: np.ndarray | None = None,
     cancel: CancelToken | None = None,
 ) -> Iterator[Event]:
-    """Apply a segmentation model to a 2D image or a stack (slice by slice)."""
+    """Apply a model to a 2D image or a stack (slice by slice).
+
+    Segmentation models give ``labels`` (and ``probabilities`` when asked for); restoration
+    models give ``image`` (see :func:`napari_emssl.restoration.iter_predict_restoration`;
+    ``target`` adds PSNR/SSIM).
+    """
     config = config or PredictConfig()
     if not isinstance(model, TrainedModel):
         model = load_model(model)
     if model.task != "segment":
-        raise ModelFormatError(f"this model was trained for {model.task!r}; only segmentation models can be applied in this version")
+        from .restoration import iter_predict_restoration
+
+        yield from iter_predict_restoration(model, image, config, target=target, cancel=cancel)
+        return
     image = check_image(image)
     device = resolve_device(config.device)
     net = model.net.to(device).eval()
@@ -427,7 +452,7 @@ def pretrain(data: Sequence[Any] | Any, config: PretrainConfig, out_dir: str | o
     return run_to_end(iter_pretrain(data, config, out_dir, **kwargs)).result
 
 
-def finetune(image: np.ndarray, labels: np.ndarray, config: FinetuneConfig | None = None, **kwargs: Any) -> FinetuneResult:
+def finetune(image: np.ndarray, labels: np.ndarray | None = None, config: FinetuneConfig | None = None, **kwargs: Any) -> FinetuneResult:
     """Fine-tune to completion and return the result."""
     return run_to_end(iter_finetune(image, labels, config, **kwargs)).result
 

@@ -18,6 +18,8 @@ from ..errors import InputError
 SCHEMA_VERSION = 1
 TASKS = ("segment", "denoise", "bgremove", "superres")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+RESTORATION_TASKS = ("denoise", "bgremove", "superres")
+FACTORS = (2, 4)
 
 
 def _positive_int(name: str, value: Any, *, allow_none: bool = False) -> None:
@@ -63,9 +65,16 @@ class FinetuneConfig:
     seed: int = 0
     preview_every_s: float = 10.0  # 0 disables live previews
     tile: int = 256
+    factor: int = 2  # super-resolution only: 2 or 4
     schema_version: int = SCHEMA_VERSION
 
     DEFAULT_STEPS = 600
+    # bgremove starts from weights already trained on synthetic pairs: a short adaptation
+    DEFAULT_STEPS_BY_TASK = {"segment": 600, "denoise": 600, "bgremove": 200, "superres": 600}
+
+    @property
+    def default_steps(self) -> int:
+        return self.DEFAULT_STEPS_BY_TASK.get(self.task, self.DEFAULT_STEPS)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -77,6 +86,8 @@ class FinetuneConfig:
         _positive_int("batch_size", self.batch_size)
         _positive_int("patch_size", self.patch_size)
         _positive_int("tile", self.tile)
+        if isinstance(self.factor, bool) or self.factor not in FACTORS:
+            raise InputError(f"factor (super-resolution) must be one of {', '.join(map(str, FACTORS))}, got {self.factor!r}")
         if self.patch_size < 16:
             raise InputError(f"patch_size must be at least 16 pixels, got {self.patch_size}")
         for name in ("lr", "weight_decay", "dice_weight", "preview_every_s"):
@@ -124,6 +135,7 @@ class PredictConfig:
     batch_size: int = 4
     amp: bool = True
     probabilities: bool = False  # also return per-class probabilities (segmentation)
+    keep_dtype: bool = False  # restoration: return the input's dtype (rounded, clipped to its range) instead of float32
 
     def __post_init__(self) -> None:
         _check_device(self.device)

@@ -36,7 +36,9 @@ class PatchSampler:
     ``seed`` gives the same sequence of batches.
 
     ``targets=None`` samples uniformly over all slices for self-supervised training; then
-    :meth:`sample` returns ``(images, None)``.
+    :meth:`sample` returns ``(images, None)``. ``intensity=False`` / ``noise=False`` switch
+    off the grey-value changes / the added noise (self-supervised denoising needs the
+    image's own noise untouched: a grey-value map would make it biased).
     """
 
     def __init__(
@@ -48,6 +50,8 @@ class PatchSampler:
         seed: int = 0,
         painted_fraction: float = 0.9,
         augment: bool = True,
+        intensity: bool = True,
+        noise: bool = True,
     ) -> None:
         image = np.asarray(image)
         if image.ndim not in (2, 3) or image.size == 0:
@@ -59,6 +63,8 @@ class PatchSampler:
         self.patch_size = int(patch_size)
         self.painted_fraction = float(painted_fraction)
         self.augment = bool(augment)
+        self.intensity = bool(intensity)
+        self.noise = bool(noise)
         self._rng = np.random.default_rng(seed)
 
         vol = image[None] if image.ndim == 2 else image
@@ -130,7 +136,7 @@ class PatchSampler:
             else:
                 tgt = self._targets[z, y0 : y0 + p, x0 : x0 + p]
             if self.augment:
-                img, tgt = augment_pair(img, tgt, self._rng)
+                img, tgt = augment_pair(img, tgt, self._rng, intensity=self.intensity, noise=self.noise)
             images[b] = img
             if targets is not None:
                 targets[b] = tgt

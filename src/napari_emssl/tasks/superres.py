@@ -49,6 +49,7 @@ __all__ = [
     "residual_fn",
     "output_scale",
     "zero_output_layer",
+    "output_translate",
 ]
 
 FACTORS = (2, 4)
@@ -167,3 +168,17 @@ def output_scale(scale: tuple[float, ...], factor: int) -> tuple[float, ...]:
     factor = _check_factor(factor)
     scale = tuple(float(s) for s in scale)
     return scale[:-2] + tuple(s / factor for s in scale[-2:])
+
+
+def output_translate(translate: tuple[float, ...], scale: tuple[float, ...], factor: int) -> tuple[float, ...]:
+    """World position of the result's first pixel: its centre sits ``(f - 1) / (2 f)`` source pixels before the source's.
+
+    napari places pixel centres at ``translate + index * scale``; the ``f x f`` output
+    pixels covering source pixel 0 have centres from ``-(f - 1) / (2 f)`` to
+    ``+(f - 1) / (2 f)`` source pixels around it (Z unchanged).
+    """
+    factor = _check_factor(factor)
+    translate = tuple(float(t) for t in translate)
+    scale = tuple(float(s) for s in scale)
+    shift = -(factor - 1) / (2 * factor)
+    return translate[:-2] + tuple(t + s * shift for t, s in zip(translate[-2:], scale[-2:]))

@@ -1,0 +1,379 @@
+"""Restoration runs (denoise, bgremove, superres): fine-tune on the user's image, apply to images.
+
+:func:`iter_finetune_restoration` and :func:`iter_predict_restoration` are what
+:func:`napari_emssl.api.iter_finetune` / :func:`~napari_emssl.api.iter_predict` run for the
+restoration tasks; they yield the same events. Modes:
+
+==========  ==========================================  ===========================================
+task        from the image alone (no target)            paired (``target`` given)
+==========  ==========================================  ===========================================
+denoise     blind-spot self-supervision on the image    L1 + L2 to the clean target
+bgremove    synthetic pairs matched to the image's      L1 + L2 to the background-free target
+            column spacing, from the bundled weights
+superres    pairs made by downscaling the image again   L1 + L2 to the high-resolution target
+==========  ==========================================  ===========================================
+
+Intensities: the image is normalised with its percentile map ``x -> (x - p_low) / s``;
+a target is in the same units as the image and gets the same map (``bgremove``: the
+scale only, so 0 means "no signal"). Results are mapped back to the image's units.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import FinetuneConfig, PredictConfig
+from .data.normalize import NormStats, percentile_normalize
+from .data.patches import PatchSampler
+from .data.tiling import Cancelled, iter_tiled
+from .data.validate import check_image
+from .engine.cancel import CancelToken
+from .engine.device import resolve_device
+from .engine.events import Event, PredictionTile, Preview, RunCancelled, RunFinished, RunStarted
+from .engine.model_dir import TrainedModel, build_meta, load_model
+from .engine.predictor import choose_tiling, count_tiles, forward_fn
+from .engine.trainer import TrainState, train
+from .errors import InputError, ModelFormatError
+from .tasks import bgremove, denoise, superres
+from .tasks.metrics import restoration_metrics
+from .tasks.restoration import PairedPatchSampler
+
+RESTORATION_TASKS = ("denoise", "bgremove", "superres")
+NORMALIZATION = {"method": "percentile", "low": 1.0, "high": 99.8}
+MIN_SIDE = 16  # pixels: smaller images carry too little context to learn from
+METRIC_SLICES = 4  # PSNR/SSIM of a stack during fine-tuning: on at most this many slices
+
+
+# ---------------------------------------------------------------------------------------------- intensities
+
+
+def normalize_target(target: np.ndarray, stats: NormStats, task: str) -> np.ndarray:
+    """A target in the image's units, mapped like the image (``bgremove``: scale only, no offset)."""
+    scale = stats.p_high - stats.p_low
+    offset = 0.0 if task == "bgremove" else stats.p_low
+    return ((np.asarray(target, dtype=np.float32) - offset) / scale).astype(np.float32)
+
+
+def denormalize(output: np.ndarray, stats: NormStats, task: str) -> np.ndarray:
+    """A network output back in the image's units (the inverse of :func:`normalize_target`)."""
+    scale = stats.p_high - stats.p_low
+    offset = 0.0 if task == "bgremove" else stats.p_low
+    return (np.asarray(output, dtype=np.float32) * scale + offset).astype(np.float32)
+
+
+def to_dtype(image: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, int]:
+    """``image`` (float) as ``dtype``: integers rounded and clipped to the dtype's range.
+
+    Returns the array and the number of pixels that were clipped (0 for float dtypes).
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        return image.astype(dtype), 0
+    if dtype.kind == "b":
+        return image > 0.5, 0
+    info = np.iinfo(dtype)
+    clipped = int(np.count_nonzero((image < info.min) | (image > info.max)))
+    return np.clip(np.rint(image), info.min, info.max).astype(dtype), clipped
+
+
+# ---------------------------------------------------------------------------------------------- checks
+
+
+def _expected_target_shape(shape: tuple[int, ...], factor: int) -> tuple[int, ...]:
+    return tuple(shape[:-2]) + (shape[-2] * factor, shape[-1] * factor)
+
+
+def check_target(target: Any, image_shape: tuple[int, ...], factor: int = 1) -> np.ndarray:
+    """Refuse a target that is not an image of the expected shape (the image's, times ``factor`` in Y, X)."""
+    target = check_image(target, name="target")
+    expected = _expected_target_shape(image_shape, factor)
+    if target.shape != expected:
+        what = f"the image's shape {tuple(image_shape)} times the factor {factor} in Y and X" if factor > 1 else "the image's shape"
+        raise InputError(f"The target has shape {target.shape}; expected {expected} ({what}).")
+    if float(np.ptp(target)) == 0.0:
+        raise InputError(f"The target is constant (every pixel is {target.flat[0]}); expected a clean image with structure.")
+    return target
+
+
+def _check_restorable(image: np.ndarray, task: str, factor: int, paired: bool) -> None:
+    side = min(image.shape[-2:])
+    if float(np.ptp(image)) == 0.0:
+        raise InputError(f"The image is constant (every pixel is {image.flat[0]}); there is no structure to restore.")
+    need = MIN_SIDE * factor if task == "superres" and not paired else MIN_SIDE
+    if side < need:
+        why = f" to be downscaled by the factor {factor} for training" if need > MIN_SIDE else ""
+        raise InputError(f"The image is {image.shape[-2]} x {image.shape[-1]} pixels; {task} needs at least {need} x {need}{why}.")
+
+
+# ---------------------------------------------------------------------------------------------- fine-tune
+
+
+def _lcm(a: int, b: int) -> int:
+    return a * b // math.gcd(a, b)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return int(math.ceil(value / multiple) * multiple)
+
+
+def _init_task(init: str) -> str | None:
+    """The task of the model directory ``init`` (None for 'bundled', 'random', pretrain folders)."""
+    meta = Path(init) / "model.json"
+    if init in ("bundled", "random") or not meta.is_file():
+        return None
+    try:
+        return json.loads(meta.read_text()).get("task")
+    except (OSError, ValueError):
+        return None
+
+
+def _loss_fn(config: FinetuneConfig, norm: np.ndarray, tnorm: np.ndarray | None, patch: int, multiple: int,
+             device: torch.device) -> tuple[Any, dict[str, Any]]:
+    """The trainer's loss function for the task and mode, and what to report about it."""
+    task, bs, seed = config.task, config.batch_size, config.seed
+    if tnorm is not None and task != "superres":  # paired patches must fit inside the image
+        patch = min(patch, min(norm.shape[-2:]) // multiple * multiple)
+    if task == "denoise":
+        if tnorm is None:
+            sampler = PatchSampler(norm, None, patch, seed=seed, intensity=False, noise=False)
+            return denoise.make_denoise_loss_fn(sampler.sample, bs, device, seed=seed), {"mode": "self-supervised (blind spot)"}
+        sampler = PairedPatchSampler(norm, tnorm, patch, seed=seed, noise=False)
+        return denoise.make_denoise_loss_fn(sampler.sample, bs, device, paired=True), {"mode": "paired"}
+    if task == "bgremove":
+        if tnorm is None:
+            settings, period = bgremove.adapted_settings(norm)
+            info = {"mode": "synthetic pairs", "column_spacing_px": None if period is None else round(period, 2)}
+            return bgremove.make_bgremove_loss_fn(bs, device, patch_size=patch, seed=seed, settings=settings), info
+        sampler = PairedPatchSampler(norm, tnorm, patch, seed=seed, noise=False)
+        return bgremove.make_bgremove_loss_fn(bs, device, sample=sampler.sample), {"mode": "paired"}
+    factor = config.factor
+    if tnorm is None:
+        sampler = PatchSampler(norm, None, patch, seed=seed, noise=False)
+        return superres.make_superres_loss_fn(sampler.sample, bs, device, factor), {"mode": "self-supervised (downscaled pairs)"}
+    low = _round_up(max(8, patch // factor), multiple // math.gcd(multiple, factor))
+    if min(norm.shape[-2:]) < low:
+        low = min(norm.shape[-2:]) // (multiple // math.gcd(multiple, factor)) * (multiple // math.gcd(multiple, factor))
+        if low < 1:
+            raise InputError(f"The image {norm.shape[-2:]} is too small for paired super-resolution with this network")
+    sampler = PairedPatchSampler(norm, tnorm, low, factor=factor, seed=seed, noise=False)
+    return superres.make_superres_loss_fn(sampler.sample, bs, device, factor, paired=True), {"mode": "paired"}
+
+
+def iter_finetune_restoration(
+    image: np.ndarray,
+    config: FinetuneConfig,
+    *,
+    target: np.ndarray | None = None,
+    cancel: CancelToken | None = None,
+    out_dir: str | None = None,
+    source: str | None = None,
+    preview_z: int | None = None,
+) -> Iterator[Event]:
+    """Fine-tune a restoration network on ``image`` (and ``target`` when given); yield events.
+
+    ``out_dir`` (optional) receives the model directory, also when stopped. With a target
+    the result's metrics hold PSNR/SSIM of the restored image and of the input (the
+    baseline: the noisy image, or its bicubic upscaling) against the target.
+    """
+    from .api import _initial_network  # the same initialisation rules as segmentation
+
+    task = config.task
+    if task not in RESTORATION_TASKS:
+        raise InputError(f"{task!r} is not a restoration task ({', '.join(RESTORATION_TASKS)})")
+    factor = config.factor if task == "superres" else 1
+    image = check_image(image)
+    if target is not None:
+        target = check_target(target, image.shape, factor)
+    _check_restorable(image, task, factor, target is not None)
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    net, init_info = _initial_network(config, 1)
+    if task == "superres" and _init_task(config.init) != "superres":
+        superres.zero_output_layer(net)  # residual on bicubic: start exactly at the bicubic baseline
+    net.to(device)
+    if device.type == "cuda":
+        net.to(memory_format=torch.channels_last)
+    multiple = int(net.size_multiple)
+    patch = _round_up(config.patch_size, _lcm(multiple, factor))
+    norm, stats = percentile_normalize(image, NORMALIZATION["low"], NORMALIZATION["high"])
+    tnorm = normalize_target(target, stats, task) if target is not None else None
+    loss_fn, mode_info = _loss_fn(config, norm, tnorm, patch, multiple, device)
+    total_steps = _total_steps(config, image, patch)
+    tile, overlap = choose_tiling(net.receptive_field, config.tile, multiple)
+    fn = forward_fn(net, device, amp=config.amp, activation="none")
+    z_preview = None
+    if image.ndim == 3:
+        z_preview = preview_z if preview_z is not None and 0 <= preview_z < image.shape[0] else image.shape[0] // 2
+
+    def restore_plane(plane: np.ndarray) -> np.ndarray:
+        return restore_normalized(fn, plane, task, factor, tile=tile, overlap=overlap, multiple=multiple, cancel=cancel)
+
+    def preview_fn(step: int) -> Preview:
+        plane = norm[z_preview] if z_preview is not None else norm
+        return Preview(step=step, data=denormalize(restore_plane(plane), stats, task), z=z_preview)
+
+    yield RunStarted(
+        kind="finetune", total_steps=total_steps, device=str(device),
+        info={"task": task, "arch": net.arch_name, "patch_size": patch, "receptive_field": net.receptive_field,
+              "factor": factor, **mode_info, **init_info},
+    )
+    state = TrainState()
+    started = time.perf_counter()
+    try:
+        yield from train(
+            net, loss_fn, total_steps=total_steps, device=device, lr=config.lr, weight_decay=config.weight_decay,
+            amp=config.amp, cancel=cancel, preview_fn=preview_fn if config.preview_every_s > 0 else None,
+            preview_every_s=config.preview_every_s, state=state,
+        )
+    except Cancelled:
+        state.cancelled = True
+    net.eval()
+    metrics: dict[str, Any] = {}
+    if target is not None and not state.cancelled:
+        metrics = _target_metrics(restore_plane, image, target, norm, stats, task, factor)
+    meta = build_meta(
+        net, task=task, out_channels=1, factor=factor, normalization=dict(NORMALIZATION), tile=tile, overlap=overlap,
+        seed=config.seed, config=config.to_dict(),
+        lineage={"init": init_info, "finetune": {"source": source, "shape": list(image.shape), "paired": target is not None,
+                                                 **mode_info, "steps": state.step, "completed": not state.cancelled}},
+        metrics=metrics,
+    )
+    from .api import FinetuneResult
+
+    model = TrainedModel(net=net.cpu(), meta=meta, log=state.log or [])
+    saved = str(model.save(out_dir)) if out_dir else None
+    result = FinetuneResult(model=model, model_dir=saved, steps=state.step, seconds=time.perf_counter() - started)
+    if state.cancelled:
+        yield RunCancelled(step=state.step, seconds=result.seconds, result=result)
+    else:
+        yield RunFinished(result=result, seconds=result.seconds)
+
+
+def _total_steps(config: FinetuneConfig, image: np.ndarray, patch: int) -> int:
+    if config.steps is not None:
+        return config.steps
+    if config.epochs is None:
+        return config.default_steps
+    slices = image.shape[0] if image.ndim == 3 else 1
+    per_epoch = math.ceil(slices * image.shape[-2] * image.shape[-1] / (config.batch_size * patch * patch))
+    return max(1, per_epoch * config.epochs)
+
+
+def _target_metrics(restore_plane, image, target, norm, stats, task, factor) -> dict[str, Any]:
+    """PSNR/SSIM (data range of the target) of the restored image and of the plain input, on up to 4 slices."""
+    zs = [None] if image.ndim == 2 else list(np.linspace(0, image.shape[0] - 1, min(METRIC_SLICES, image.shape[0])).astype(int))
+    restored, baseline, reference = [], [], []
+    for z in zs:
+        plane = norm if z is None else norm[z]
+        restored.append(denormalize(restore_plane(plane), stats, task))
+        raw = (image if z is None else image[z]).astype(np.float32)
+        baseline.append(superres.upscale_input(raw, factor) if factor > 1 else raw)
+        reference.append((target if z is None else target[z]).astype(np.float32))
+    ref = np.stack(reference)
+    data_range = float(ref.max() - ref.min())
+    ours = restoration_metrics(ref, np.stack(restored), data_range)
+    base = restoration_metrics(ref, np.stack(baseline), data_range)
+    baseline_name = "bicubic" if factor > 1 else "input"
+    return {"psnr": round(ours["psnr"], 3), "ssim": round(ours["ssim"], 4),
+            f"{baseline_name}_psnr": round(base["psnr"], 3), f"{baseline_name}_ssim": round(base["ssim"], 4),
+            "slices_scored": len(zs)}
+
+
+# ---------------------------------------------------------------------------------------------- apply
+
+
+def restore_normalized(fn, plane: np.ndarray, task: str, factor: int, *, tile: int, overlap: int, multiple: int,
+                       batch_size: int = 4, cancel: CancelToken | None = None) -> np.ndarray:
+    """One normalised plane ``(Y, X)`` restored (``superres``: ``(Y * f, X * f)``), still normalised."""
+    from .data.tiling import predict_tiled
+
+    grid, run = plane, fn
+    if task == "superres":
+        grid, run = superres.upscale_input(plane, factor), superres.residual_fn(fn)
+    out = predict_tiled(run, grid, out_channels=1, tile=tile, overlap=overlap, batch_size=batch_size,
+                        size_multiple=multiple, cancel=cancel)
+    return out[0]
+
+
+def iter_predict_restoration(
+    model: TrainedModel,
+    image: np.ndarray,
+    config: PredictConfig,
+    *,
+    target: np.ndarray | None = None,
+    cancel: CancelToken | None = None,
+) -> Iterator[Event]:
+    """Apply a restoration model to a 2D image or a stack (slice by slice); yield events.
+
+    The result's ``image`` is float32 in the input's units (``config.keep_dtype``: the
+    input's dtype, rounded and clipped; ``info["clipped_pixels"]`` counts the clipped
+    ones); ``scale_factor`` is the super-resolution factor (1 otherwise). With ``target``
+    (same shape as the result) ``metrics`` holds PSNR/SSIM against it.
+    """
+    from .api import PredictResult
+
+    task = model.task
+    if task not in RESTORATION_TASKS:
+        raise ModelFormatError(f"this model was trained for {task!r}, which is not a restoration task")
+    factor = int(model.meta.get("factor", 1)) if task == "superres" else 1
+    image = check_image(image)
+    if target is not None:
+        target = check_image(target, name="target")
+        expected = _expected_target_shape(image.shape, factor)
+        if target.shape != expected:
+            raise InputError(f"The target has shape {target.shape}; the result will have shape {expected}: they must match.")
+    if float(np.ptp(image)) == 0.0:
+        raise InputError(f"The image is constant (every pixel is {image.flat[0]}); there is no structure to restore.")
+    device = resolve_device(config.device)
+    net = model.net.to(device).eval()
+    multiple = int(model.meta.get("size_multiple", net.size_multiple))
+    normalization = model.meta.get("normalization") or NORMALIZATION
+    tile, overlap = choose_tiling(int(model.meta.get("receptive_field", net.receptive_field)), config.tile, multiple, config.overlap)
+    out_shape = _expected_target_shape(image.shape, factor)
+    total = count_tiles(out_shape, tile, overlap)
+    yield RunStarted(kind="predict", total_steps=total, device=str(device),
+                     info={"task": task, "tile": tile, "overlap": overlap, "factor": factor})
+    started = time.perf_counter()
+    norm, stats = percentile_normalize(image, normalization["low"], normalization["high"])
+    fn = forward_fn(net, device, amp=config.amp, activation="none")
+    planes = [norm] if norm.ndim == 2 else list(norm)
+    outs, done = [], 0
+    try:
+        for plane in planes:
+            grid, run = plane, fn
+            if task == "superres":
+                grid, run = superres.upscale_input(plane, factor), superres.residual_fn(fn)
+            tiles = iter_tiled(run, grid, out_channels=1, tile=tile, overlap=overlap, batch_size=config.batch_size,
+                               size_multiple=multiple, cancel=cancel)
+            while True:
+                try:
+                    plane_done, _ = next(tiles)
+                except StopIteration as stop:
+                    outs.append(stop.value[0])
+                    done += plane_done
+                    break
+                yield PredictionTile(done=done + plane_done, total=total)
+    except Cancelled:
+        yield RunCancelled(step=done, seconds=time.perf_counter() - started)
+        return
+    finally:
+        model.net.cpu()
+    restored = denormalize(outs[0] if norm.ndim == 2 else np.stack(outs), stats, task)
+    info: dict[str, Any] = {"task": task, "factor": factor}
+    metrics: dict[str, float] = {}
+    if target is not None:
+        scores = restoration_metrics(target.astype(np.float32), restored)
+        metrics = {"psnr": round(scores["psnr"], 3), "ssim": round(scores["ssim"], 4)}
+    if config.keep_dtype:
+        restored, info["clipped_pixels"] = to_dtype(restored, image.dtype)
+    result = PredictResult(labels=None, probabilities=None, seconds=time.perf_counter() - started, image=restored,
+                           scale_factor=factor, metrics=metrics, info=info)
+    yield RunFinished(result=result, seconds=result.seconds)

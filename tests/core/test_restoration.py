@@ -1,0 +1,215 @@
+"""Restoration tasks (denoise, bgremove, superres): losses, modes, outputs and bad input, on tiny data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_emssl import api
+from napari_emssl.config import PredictConfig
+from napari_emssl.data.degrade import upscale_bicubic
+from napari_emssl.data.normalize import percentile_normalize
+from napari_emssl.engine.model_dir import load_model
+from napari_emssl.errors import InputError
+from napari_emssl.restoration import denormalize, to_dtype
+from napari_emssl.tasks import bgremove, denoise, superres
+from napari_emssl.tasks.metrics import psnr, ssim
+
+from conftest import make_disks
+
+
+def _clean_and_noisy(seed=0, shape=(64, 64), sigma=25.0):
+    clean, _, _ = make_disks(seed, shape=shape, noise=0.0)
+    clean = np.asarray(clean, np.float32)
+    rng = np.random.default_rng(seed + 100)
+    noisy = (clean + rng.normal(0.0, sigma, clean.shape)).astype(np.float32)
+    return clean, noisy
+
+
+def _first_last(log, key="loss", n=5):
+    values = [row[key] for row in log]
+    return float(np.mean(values[:n])), float(np.mean(values[-n:]))
+
+
+# ---------------------------------------------------------------------------------------------- blind spot
+
+
+def test_blind_spot_input_never_holds_the_masked_pixels_own_value():
+    gen = torch.Generator().manual_seed(0)
+    images = torch.zeros(4, 1, 32, 32)
+    images[:, :, 10, 10] = 1000.0  # a spike: at masked positions it must not show
+    seen_masked = 0
+    for replace in denoise.REPLACEMENTS:
+        for _ in range(50):
+            masked, mask = denoise.blind_spot_batch(images, 0.05, generator=gen, replace=replace)
+            hit = mask[:, 0, 10, 10]
+            seen_masked += int(hit.sum())
+            assert torch.all(masked[hit][:, 0, 10, 10] < 1000.0)
+            # unmasked pixels are untouched
+            assert torch.equal(masked[~mask.expand_as(masked)], images[~mask.expand_as(images)])
+    assert seen_masked > 0
+
+
+def test_blind_spot_mask_is_stratified_without_a_fixed_lattice():
+    gen = torch.Generator().manual_seed(1)
+    mask = denoise.blind_spot_mask((64, 1, 40, 40), 1 / 16, generator=gen)
+    fraction = mask.float().mean().item()
+    assert 0.045 < fraction < 0.075  # one pixel per 4x4 cell
+    # every 4x4 cell of the (shifted) grid gets about one: rows are covered evenly
+    rows = mask.float().mean(dim=(0, 1, 3))
+    assert rows.min() > 0.02
+    # not a fixed lattice: two samples rarely share their masked positions
+    overlap = (mask[0] & mask[1]).sum().item() / max(1, mask[0].sum().item())
+    assert overlap < 0.5
+
+
+# ---------------------------------------------------------------------------------------------- denoise
+
+
+def test_denoise_self_supervised_loss_falls_and_output_keeps_units(tiny_config):
+    clean, noisy = _clean_and_noisy()
+    result = api.finetune(noisy, config=tiny_config(task="denoise", steps=60, lr=3e-3))
+    first, last = _first_last(result.model.log)
+    assert np.isfinite(last) and last < first
+    assert result.model.meta["task"] == "denoise"
+    assert result.model.meta["lineage"]["finetune"]["mode"].startswith("self-supervised")
+    pred = api.predict(result.model, noisy, PredictConfig(device="cpu"))
+    assert pred.image.shape == noisy.shape and pred.image.dtype == np.float32
+    assert pred.labels is None and pred.scale_factor == 1
+    # in the image's units, not normalised 0..1
+    assert 20 < float(np.median(pred.image)) < 220
+
+
+def test_denoise_paired_improves_psnr_and_reports_it(tiny_config):
+    clean, noisy = _clean_and_noisy(seed=3)
+    result = api.finetune(noisy, config=tiny_config(task="denoise", steps=80, lr=3e-3), target=clean)
+    metrics = result.model.meta["metrics"]
+    assert {"psnr", "ssim", "input_psnr", "input_ssim"} <= set(metrics)
+    first, last = _first_last(result.model.log)
+    assert last < first
+    pred = api.predict(result.model, noisy, PredictConfig(device="cpu"), target=clean)
+    assert pred.metrics["psnr"] == pytest.approx(psnr(clean, pred.image, float(np.ptp(clean))), abs=1e-2)
+    assert pred.metrics["psnr"] > psnr(clean, noisy, float(np.ptp(clean)))  # a real improvement over the noisy input
+
+
+def test_denoise_stack_slice_by_slice_and_saved_model_gives_identical_output(tiny_config, tmp_path):
+    _, a = _clean_and_noisy(seed=1, shape=(48, 48))
+    _, b = _clean_and_noisy(seed=2, shape=(48, 48))
+    stack = np.stack([a, b]).astype(np.uint16)
+    result = api.finetune(stack, config=tiny_config(task="denoise", steps=4), out_dir=str(tmp_path / "m"))
+    model = load_model(tmp_path / "m")
+    assert model.task == "denoise"
+    p1 = api.predict(result.model, stack, PredictConfig(device="cpu"))
+    p2 = api.predict(model, stack, PredictConfig(device="cpu"))
+    assert p1.image.shape == stack.shape
+    np.testing.assert_array_equal(p1.image, p2.image)
+    kept = api.predict(model, stack, PredictConfig(device="cpu", keep_dtype=True))
+    assert kept.image.dtype == np.uint16 and "clipped_pixels" in kept.info
+
+
+# ---------------------------------------------------------------------------------------------- superres
+
+
+def test_superres_starts_exactly_at_bicubic_and_output_is_factor_times_larger(tiny_config):
+    _, image = _clean_and_noisy(seed=4, sigma=5.0)
+    result = api.finetune(image, config=tiny_config(task="superres", steps=1, lr=1e-12))
+    pred = api.predict(result.model, image, PredictConfig(device="cpu"))
+    assert pred.image.shape == (128, 128) and pred.scale_factor == 2
+    norm, stats = percentile_normalize(image, 1.0, 99.8)
+    expected = denormalize(upscale_bicubic(norm, 2), stats, "superres")
+    np.testing.assert_allclose(pred.image, expected, atol=1e-2 * float(np.ptp(image)))
+
+
+def test_superres_self_supervised_beats_bicubic_on_its_own_training_pairs(tiny_config):
+    clean, _ = _clean_and_noisy(seed=5, shape=(96, 96))
+    result = api.finetune(clean, config=tiny_config(task="superres", steps=80, lr=3e-3, factor=2))
+    log = result.model.log
+    first, last = _first_last(log, "l1")
+    assert last < first
+    assert np.mean([r["l1"] for r in log[-10:]]) < np.mean([r["bicubic_l1"] for r in log[-10:]])
+
+
+def test_superres_paired_x4_and_target_shape_checked(tiny_config):
+    high, _ = _clean_and_noisy(seed=6, shape=(128, 128), sigma=0.0)
+    low = high.reshape(32, 4, 32, 4).mean(axis=(1, 3))
+    result = api.finetune(low, config=tiny_config(task="superres", factor=4, steps=6), target=high)
+    assert "bicubic_psnr" in result.model.meta["metrics"]
+    pred = api.predict(result.model, low, PredictConfig(device="cpu"), target=high)
+    assert pred.image.shape == (128, 128) and pred.scale_factor == 4 and "psnr" in pred.metrics
+    with pytest.raises(InputError, match="target has shape"):
+        api.finetune(low, config=tiny_config(task="superres", factor=2, steps=1), target=high)
+    with pytest.raises(InputError, match="must match"):
+        api.predict(result.model, low, PredictConfig(device="cpu"), target=low)
+
+
+def test_superres_output_geometry():
+    assert superres.output_scale((40.0, 2.0, 2.0), 2) == (40.0, 1.0, 1.0)
+    # four output pixels cover source pixel 0 (centre 0): their centres are at -0.375 .. 0.375
+    assert superres.output_translate((0.0, 0.0), (1.0, 1.0), 4) == (-0.375, -0.375)
+    assert superres.output_translate((5.0, 10.0, 10.0), (1.0, 2.0, 2.0), 2) == (5.0, 9.5, 9.5)
+
+
+# ---------------------------------------------------------------------------------------------- bgremove
+
+
+def test_bgremove_synthetic_and_paired(tiny_config):
+    from napari_emssl.data.synthetic import make_sample
+
+    rng = np.random.default_rng(0)
+    sample = make_sample(rng, 64)
+    result = api.finetune(sample.degraded, config=tiny_config(task="bgremove", steps=5))
+    assert result.model.meta["lineage"]["finetune"]["mode"] == "synthetic pairs"
+    assert all(np.isfinite(r["loss"]) for r in result.model.log)
+    paired = api.finetune(sample.degraded, config=tiny_config(task="bgremove", steps=30, lr=3e-3), target=sample.columns)
+    first, last = _first_last(paired.model.log)
+    assert last < first
+    out = api.predict(paired.model, sample.degraded, PredictConfig(device="cpu"))
+    assert out.image.shape == sample.degraded.shape
+
+
+def test_spacing_estimate_finds_the_lattice_period():
+    from napari_emssl.data.synthetic import Lattice, render_columns
+
+    lattice = Lattice(a1=(0.0, 11.0), a2=(11.0, 0.0), sigmas=(1.6,))
+    image = render_columns((256, 256), *lattice.columns((256, 256), 4.0))
+    period = bgremove.estimate_spacing(image)
+    assert period == pytest.approx(11.0, rel=0.06)
+    rng = np.random.default_rng(0)
+    assert bgremove.estimate_spacing(rng.normal(size=(256, 256))) is None  # white noise: no lattice
+    settings, found = bgremove.adapted_settings(image)
+    assert found is not None and settings.spacing[0] < 11.0 < settings.spacing[1]
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+
+def test_constant_and_too_small_images_are_refused(tiny_config):
+    with pytest.raises(InputError, match="constant"):
+        api.finetune(np.full((64, 64), 7, np.uint8), config=tiny_config(task="denoise"))
+    with pytest.raises(InputError, match="at least 64 x 64"):
+        api.finetune(np.random.default_rng(0).random((40, 40)), config=tiny_config(task="superres", factor=4))
+    with pytest.raises(InputError, match="at least 16"):
+        api.finetune(np.random.default_rng(0).random((8, 40)), config=tiny_config(task="denoise"))
+    clean, noisy = _clean_and_noisy()
+    with pytest.raises(InputError, match="target has shape"):
+        api.finetune(noisy, config=tiny_config(task="denoise"), target=clean[:32])
+    with pytest.raises(InputError, match="target is constant"):
+        api.finetune(noisy, config=tiny_config(task="denoise"), target=np.zeros_like(clean))
+    with pytest.raises(InputError, match="factor"):
+        tiny_config(task="superres", factor=3)
+
+
+def test_integer_output_is_clipped_not_wrapped():
+    out, clipped = to_dtype(np.array([-5.0, 0.4, 254.6, 300.0], np.float32), np.uint8)
+    assert out.tolist() == [0, 0, 255, 255] and clipped == 2
+    out, clipped = to_dtype(np.array([1.5], np.float32), np.float32)
+    assert out.dtype == np.float32 and clipped == 0
+
+
+def test_metrics_known_values():
+    ref = np.zeros((16, 16), np.float32)
+    ref[4:12, 4:12] = 1.0
+    assert psnr(ref, ref) == np.inf
+    assert psnr(ref, ref + 0.1, data_range=1.0) == pytest.approx(20.0, abs=1e-6)
+    assert ssim(ref, ref) == pytest.approx(1.0)
