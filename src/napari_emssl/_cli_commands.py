@@ -159,17 +159,21 @@ def describe_init(info: dict) -> str:
 
 def finetune(args) -> int:
     _quiet_tifffile()
-    if args.task != "segment":
-        raise InputError(f"fine-tuning for task {args.task!r} is not available in this version; use --task segment")
-    if not args.labels:
+    segment = args.task == "segment"
+    if segment and not args.labels:
         raise InputError("--labels is needed for segmentation: a label image with a few painted strokes")
+    if not segment and args.labels:
+        raise InputError(f"--labels is for segmentation; {args.task} learns from the image itself (or a --target)")
+    if segment and args.target:
+        raise InputError("--target is for the restoration tasks (denoise, bgremove, superres); segmentation uses --labels")
     _check_out_dir(args.out)
     image, meta = read_image(args.image)
-    labels, _ = read_image(args.labels)
+    labels = read_image(args.labels)[0] if args.labels else None
+    target = read_image(args.target)[0] if args.target else None
     config = FinetuneConfig(
         task=args.task, arch=args.arch, arch_kwargs=_arch_kwargs(args.arch_kwargs), init=args.init, steps=args.steps,
         epochs=args.epochs, batch_size=args.batch_size, patch_size=args.patch_size, lr=args.lr, seed=args.seed,
-        device=args.device, preview_every_s=0,
+        device=args.device, preview_every_s=0, factor=args.factor,
     )
     token = CancelToken()
     progress = Progress("fine-tune", args.quiet)
@@ -177,18 +181,28 @@ def finetune(args) -> int:
     def on_event(event) -> None:
         if isinstance(event, RunStarted) and not args.quiet:
             print(f"emssl: {describe_init(event.info)}", file=sys.stderr)
+            if not segment:
+                print(f"emssl: {args.task}, {event.info.get('mode')}", file=sys.stderr)
         progress(event)
 
     with ctrl_c_cancels(token):
         last = api.run_to_end(
-            api.iter_finetune(image, labels, config, cancel=token, out_dir=args.out, source=str(args.image)), on_event)
+            api.iter_finetune(image, labels, config, target=target, cancel=token, out_dir=args.out, source=str(args.image)),
+            on_event)
     result = last.result
     if isinstance(last, RunCancelled):
         print(f"emssl: cancelled at step {result.steps}; the model trained so far is in {result.model_dir}", file=sys.stderr)
         return EXIT_CANCELLED
-    dice = result.model.meta.get("metrics", {}).get("train_painted_dice", {})
-    print(f"model written to {result.model_dir} ({result.steps} steps, {result.seconds:.1f} s; "
-          f"Dice on the painted pixels: {json.dumps(dice)})")
+    metrics = result.model.meta.get("metrics", {})
+    if segment:
+        quality = f"Dice on the painted pixels: {json.dumps(metrics.get('train_painted_dice', {}))}"
+    elif "psnr" in metrics:
+        base = "bicubic" if "bicubic_psnr" in metrics else "input"
+        quality = (f"against the target: PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.3f} "
+                   f"({base}: {metrics[base + '_psnr']:.2f} dB, {metrics[base + '_ssim']:.3f})")
+    else:
+        quality = f"final loss {result.model.log[-1]['loss']:.4g}" if result.model.log else "no steps"
+    print(f"model written to {result.model_dir} ({result.steps} steps, {result.seconds:.1f} s; {quality})")
     return EXIT_OK
 
 
@@ -217,28 +231,44 @@ def predict(args) -> int:
     from .engine.device import resolve_device
     from .engine.model_dir import load_model
 
-    config = PredictConfig(device=args.device, tile=args.tile, batch_size=args.batch_size, probabilities=args.probabilities)
+    config = PredictConfig(device=args.device, tile=args.tile, batch_size=args.batch_size, probabilities=args.probabilities,
+                           keep_dtype=args.keep_dtype)
     resolve_device(config.device)  # a device that is not there fails once, before any input is read
+    if args.target and len(args.input) != 1:
+        raise InputError("--target scores one input; give a single --input with it")
     model = load_model(args.model)
+    target_image = read_image(args.target)[0] if args.target else None
     token = CancelToken()
     failed = 0
     for path in args.input:
         try:
             image, meta = read_image(path)
             with ctrl_c_cancels(token):
-                last = api.run_to_end(api.iter_predict(model, image, config, cancel=token), Progress(Path(path).name, args.quiet))
+                last = api.run_to_end(api.iter_predict(model, image, config, target=target_image, cancel=token),
+                                      Progress(Path(path).name, args.quiet))
             if isinstance(last, RunCancelled):
                 print("emssl: cancelled; outputs written so far are complete", file=sys.stderr)
                 return EXIT_CANCELLED
+            result = last.result
             target = output_path(args.out, path)
-            write_image(target, last.result.labels, scale=meta.scale)
-            if last.result.probabilities is not None:
-                _write_probabilities(output_path(args.out, path, "_probabilities"), last.result.probabilities)
+            if result.image is not None:
+                from .tasks.superres import output_scale
+
+                scale = output_scale(meta.scale, result.scale_factor) if meta.scale is not None else None
+                write_image(target, result.image, scale=scale)
+                if result.info.get("clipped_pixels"):
+                    print(f"emssl: note: {result.info['clipped_pixels']} pixel(s) of {path} were outside the range of "
+                          f"{image.dtype} and were clipped", file=sys.stderr)
+            else:
+                write_image(target, result.labels, scale=meta.scale)
+            if result.probabilities is not None:
+                _write_probabilities(output_path(args.out, path, "_probabilities"), result.probabilities)
         except InputError as exc:  # this input is bad: say so, go on with the others, exit 1 at the end
             print(f"emssl: error: {exc}", file=sys.stderr)
             failed += 1
             continue
-        print(f"{path} -> {target}")
+        scores = f" (PSNR {result.metrics['psnr']:.2f} dB, SSIM {result.metrics['ssim']:.3f})" if result.metrics else ""
+        print(f"{path} -> {target}{scores}")
     return EXIT_ERROR if failed else EXIT_OK
 
 

@@ -198,6 +198,9 @@ def iter_finetune(
     if config.task != "segment":
         from .restoration import iter_finetune_restoration
 
+        if labels is not None:
+            raise InputError(f"painted labels are for segmentation; {config.task} learns from the image itself "
+                             "(or from a paired target image)")
         yield from iter_finetune_restoration(image, config, target=target, cancel=cancel, out_dir=out_dir, source=source,
                                              preview_z=preview_z)
         return

@@ -53,11 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds between checkpoints (default 300; always at the end and on Ctrl-C)")
     common(pt)
 
-    ft = sub.add_parser("finetune", help="fine-tune a network on an image and its painted labels")
+    ft = sub.add_parser("finetune", help="fine-tune a network: segmentation from painted labels, or restoration",
+                        description="segment: learns from --labels. denoise, bgremove, superres: learn from the image "
+                                    "itself (blind-spot denoising; synthetic pairs matched to the image; pairs made by "
+                                    "downscaling the image), or from a paired --target.")
     ft.add_argument("--task", choices=TASKS, default="segment")
     ft.add_argument("--image", required=True, help="TIFF image or stack (2D YX or 3D ZYX)")
     ft.add_argument("--labels", help="label image of the same shape: 0 = unpainted, 1 = background, 2.. = classes")
-    ft.add_argument("--target", help="paired clean / high-resolution image (restoration tasks)")
+    ft.add_argument("--target", help="restoration: a paired clean, background-free or (superres) high-resolution image "
+                                     "of the same field of view, in the image's intensity units")
     ft.add_argument("--out", required=True, help="model directory to write")
     ft.add_argument("--arch", help="architecture (see `emssl models`); default: the task's default")
     ft.add_argument("--arch-kwargs", metavar="JSON", help='architecture options as JSON, e.g. \'{"base_channels": 8}\'')
@@ -77,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--input", required=True, nargs="+", help="TIFF image(s) or stack(s)")
     pr.add_argument("--out", required=True, help="output folder")
     pr.add_argument("--probabilities", action="store_true", help="also write <stem>_probabilities.tif (class axis first)")
+    pr.add_argument("--target", help="restoration: a clean / high-resolution image to score the result against (PSNR, SSIM)")
+    pr.add_argument("--keep-dtype", action="store_true",
+                    help="restoration: write the input's pixel type (rounded, clipped to its range) instead of float32")
     pr.add_argument("--tile", type=int, default=256)
     pr.add_argument("--batch-size", type=int, default=4)
     common(pr)

@@ -323,6 +323,8 @@ def iter_predict_restoration(
     task = model.task
     if task not in RESTORATION_TASKS:
         raise ModelFormatError(f"this model was trained for {task!r}, which is not a restoration task")
+    if int(model.meta.get("out_channels", 1)) != 1:
+        raise ModelFormatError(f"a {task} model has one output channel, this one has {model.meta['out_channels']}")
     factor = int(model.meta.get("factor", 1)) if task == "superres" else 1
     image = check_image(image)
     if target is not None:

@@ -250,10 +250,38 @@ def test_labels_required_for_segmentation(capsys, files, tmp_path):
     assert_one_line_error(err, "--labels")
 
 
-def test_task_not_available(capsys, files, tmp_path):
-    code, _, err = run(capsys, "finetune", "--task", "denoise", "--image", files["image"], "--out", tmp_path / "m", *TINY)
+def test_denoise_and_superres_round_trip(capsys, files, tmp_path):
+    code, out, err = run(capsys, "finetune", "--task", "denoise", "--image", files["image"], "--out", tmp_path / "dn",
+                         "--steps", "3", *TINY)
+    assert code == 0, err
+    assert "self-supervised" in err and "model written to" in out
+    code, out, err = run(capsys, "predict", "--model", tmp_path / "dn", "--input", files["image"], "--out", tmp_path / "p",
+                         "--device", "cpu", "--keep-dtype")
+    assert code == 0, err
+    result, meta = read_image(tmp_path / "p" / "cells.tif")
+    assert result.dtype == np.uint16 and result.shape == (64, 64)
+    assert meta.scale == pytest.approx((0.005, 0.004))
+    code, out, err = run(capsys, "finetune", "--task", "superres", "--factor", "2", "--image", files["image"], "--out",
+                         tmp_path / "sr", "--steps", "2", *TINY)
+    assert code == 0, err
+    code, out, err = run(capsys, "predict", "--model", tmp_path / "sr", "--input", files["image"], "--out", tmp_path / "q",
+                         "--device", "cpu")
+    assert code == 0, err
+    result, meta = read_image(tmp_path / "q" / "cells.tif")
+    assert result.dtype == np.float32 and result.shape == (128, 128)
+    assert meta.scale == pytest.approx((0.0025, 0.002))  # half the source pixel size: it overlays the source
+
+
+def test_restoration_target_errors_are_one_line(capsys, files, tmp_path):
+    code, _, err = run(capsys, "finetune", "--task", "denoise", "--image", files["image"], "--target", files["stack"],
+                       "--out", tmp_path / "m", *TINY)
     assert code == 1
-    assert_one_line_error(err, "denoise")
+    assert_one_line_error(err, "target has shape")
+    code, _, err = run(capsys, "finetune", "--task", "denoise", "--image", files["image"], "--labels", files["labels"],
+                       "--out", tmp_path / "m", *TINY)
+    assert code == 1
+    assert_one_line_error(err, "--labels is for segmentation")
+    assert not (tmp_path / "m").exists()
 
 
 @pytest.mark.parametrize("value, words", [("[4]", "JSON object"), ("{base", "not valid JSON"),
@@ -287,12 +315,12 @@ def test_bad_config_value(capsys, files, tmp_path):
     assert_one_line_error(err, "steps")
 
 
-def test_predict_with_model_of_another_task(capsys, files, tmp_path, tiny_model):
-    TrainedModel(net=tiny_model.net, meta=dict(tiny_model.meta, task="denoise")).save(tmp_path / "denoiser")
-    code, _, err = run(capsys, "predict", "--model", tmp_path / "denoiser", "--input", files["image"], "--out",
+def test_predict_with_model_of_an_unknown_task(capsys, files, tmp_path, tiny_model):
+    TrainedModel(net=tiny_model.net, meta=dict(tiny_model.meta, task="classify")).save(tmp_path / "classifier")
+    code, _, err = run(capsys, "predict", "--model", tmp_path / "classifier", "--input", files["image"], "--out",
                        tmp_path / "pred", "--device", "cpu")
     assert code == 1
-    assert_one_line_error(err, "denoise")
+    assert_one_line_error(err, "classify")
     assert not (tmp_path / "pred").exists()
 
 

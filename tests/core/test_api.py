@@ -381,10 +381,14 @@ def test_finetune_refuses_bad_input(tiny_config, case):
         next(gen)  # before any training starts
 
 
-def test_finetune_refuses_other_tasks(tiny_config):
+def test_finetune_refuses_labels_for_restoration_and_target_for_segmentation(tiny_config):
     image, labels = _image_and_labels()
-    with pytest.raises(InputError, match="'denoise'.*segment"):
+    with pytest.raises(InputError, match="labels are for segmentation"):
         list(api.iter_finetune(image, labels, tiny_config(task="denoise")))
+    with pytest.raises(InputError, match="target image is for restoration"):
+        list(api.iter_finetune(image, labels, tiny_config(), target=image))
+    with pytest.raises(InputError, match="needs painted labels"):
+        list(api.iter_finetune(image, None, tiny_config()))
 
 
 def test_finetune_refuses_unknown_arch(tiny_config):
@@ -404,12 +408,16 @@ def test_predict_refuses_bad_images(tiny_model, image, words):
         list(api.iter_predict(tiny_model, image, CPU))
 
 
-def test_predict_refuses_model_of_another_task(tiny_model, tmp_path):
-    meta = dict(tiny_model.meta, task="denoise")
-    TrainedModel(net=tiny_model.net, meta=meta).save(tmp_path / "denoiser")
-    assert json.loads((tmp_path / "denoiser" / "model.json").read_text())["task"] == "denoise"
-    image = np.zeros((16, 16), np.float32)
-    with pytest.raises(ModelFormatError, match="'denoise'"):
+def test_predict_refuses_model_of_an_unknown_task_or_wrong_channels(tiny_model, tmp_path):
+    meta = dict(tiny_model.meta, task="classify")
+    TrainedModel(net=tiny_model.net, meta=meta).save(tmp_path / "classifier")
+    assert json.loads((tmp_path / "classifier" / "model.json").read_text())["task"] == "classify"
+    image = np.random.default_rng(0).random((16, 16)).astype(np.float32)
+    with pytest.raises(ModelFormatError, match="'classify', which this napari-emssl"):
+        list(api.iter_predict(str(tmp_path / "classifier"), image, CPU))
+    two_channel_denoiser = dict(tiny_model.meta, task="denoise")  # a segmentation net relabelled: 2 outputs
+    TrainedModel(net=tiny_model.net, meta=two_channel_denoiser).save(tmp_path / "denoiser")
+    with pytest.raises(ModelFormatError, match="one output channel"):
         list(api.iter_predict(str(tmp_path / "denoiser"), image, CPU))
-    with pytest.raises(ModelFormatError, match="'denoise'"):
-        list(api.iter_predict(TrainedModel(net=tiny_model.net, meta=meta), image, CPU))
+    with pytest.raises(ModelFormatError, match="one output channel"):
+        list(api.iter_predict(TrainedModel(net=tiny_model.net, meta=two_channel_denoiser), image, CPU))

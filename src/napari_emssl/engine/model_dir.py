@@ -106,6 +106,15 @@ def load_model(directory: str | os.PathLike, *, task: str | None = None, map_loc
         )
     if not isinstance(meta["arch_kwargs"], dict):
         raise ModelFormatError(f"{meta_path}: arch_kwargs must be a JSON object, got {meta['arch_kwargs']!r}")
+    from ..config import TASKS
+
+    if meta["task"] not in TASKS:
+        raise ModelFormatError(
+            f"the model in {str(path)!r} was trained for task {meta['task']!r}, which this napari-emssl ({__version__}) "
+            f"does not know (it knows {', '.join(TASKS)})"
+        )
+    if meta["task"] != "segment" and meta["out_channels"] != 1:
+        raise ModelFormatError(f"{meta_path}: a {meta['task']} model has one output channel, not {meta['out_channels']}")
     if task is not None and meta["task"] != task:
         raise ModelFormatError(f"the model in {str(path)!r} was trained for task {meta['task']!r}, not {task!r}")
     net = create_model(meta["arch"], in_channels=meta["in_channels"], out_channels=meta["out_channels"], **meta["arch_kwargs"])
