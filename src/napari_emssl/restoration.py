@@ -103,7 +103,8 @@ def check_target(target: Any, image_shape: tuple[int, ...], factor: int = 1) -> 
     return target
 
 
-def _check_restorable(image: np.ndarray, task: str, factor: int, paired: bool) -> None:
+def check_restorable(image: np.ndarray, task: str, factor: int = 1, paired: bool = False) -> None:
+    """Refuse images a restoration run cannot learn from: constant, or too small (for the factor)."""
     side = min(image.shape[-2:])
     if float(np.ptp(image)) == 0.0:
         raise InputError(f"The image is constant (every pixel is {image.flat[0]}); there is no structure to restore.")
@@ -192,7 +193,7 @@ def iter_finetune_restoration(
     image = check_image(image)
     if target is not None:
         target = check_target(target, image.shape, factor)
-    _check_restorable(image, task, factor, target is not None)
+    check_restorable(image, task, factor, target is not None)
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     net, init_info = _initial_network(config, 1)

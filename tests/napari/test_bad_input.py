@@ -133,7 +133,7 @@ META = {"format_version": 1, "arch": "resunet_b2_rf44", "arch_kwargs": {"base_ch
 @pytest.mark.parametrize("case, words, in_worker", [
     ("missing", "does not exist", False),
     ("no files", "is not a model folder", False),
-    ("other task", "trained for 'denoise'", False),
+    ("other task", "trained for 'classify'", False),
     ("bad json", "not readable JSON", False),
     ("bad weights", "not a readable safetensors file", True),
     ("future format", "format version 99", True),
@@ -144,7 +144,7 @@ def test_apply_refuses_bad_model_folders(qtbot, make_napari_viewer, notes, wait_
     folders = {
         "missing": str(tmp_path / "nowhere"),
         "no files": str(tmp_path),
-        "other task": _model_folder(tmp_path, "denoise", dict(META, task="denoise")),
+        "other task": _model_folder(tmp_path, "classify", dict(META, task="classify")),
         "bad json": _model_folder(tmp_path, "json", None),
         "bad weights": _model_folder(tmp_path, "weights", META),
         "future format": _model_folder(tmp_path, "future", dict(META, format_version=99)),

@@ -1,9 +1,13 @@
-"""The "Apply" dock widget: segment one or more image layers with a trained model.
+"""The "Apply" dock widget: apply a trained model to one or more image layers.
 
 The model is either the one just trained in this viewer's Fine-tune widget (found among the
-viewer's docked widgets at the moment Apply is pressed) or a model folder. Each source image
-gets a Labels layer ``"<source> segmentation"`` with the source's scale and translate (and,
-when asked, one probability Image layer per class); re-running replaces their data.
+viewer's docked widgets at the moment Apply is pressed) or a model folder. A segmentation
+model gives each source image a Labels layer ``"<source> segmentation"`` with the source's
+scale and translate (and, when asked, one probability Image layer per class); a restoration
+model an Image layer ``"<source> denoised"`` / ``"background removed"`` / ``"superres xF"``
+(super-resolution: pixel size divided by F, so it overlays the source), with the source's
+metadata. With a target layer (one source image), PSNR and SSIM are shown. Re-running
+replaces the results' data.
 """
 
 from __future__ import annotations
@@ -17,13 +21,23 @@ from napari.layers import Image
 from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QLabel, QVBoxLayout, QWidget
 
 from .. import api
-from ..config import PredictConfig
+from ..config import TASKS, PredictConfig
 from ..data.validate import check_image
 from ..engine.events import Event, PredictionTile, RunCancelled, RunFinished, RunStarted
 from ..engine.model_dir import META_NAME, WEIGHTS_NAME, TrainedModel, load_model
 from ..errors import EmsslError, InputError, ModelFormatError
-from ._controls import FolderEdit, LayerList, RunControls, device_combo, format_seconds
-from ._layers import class_colormap, docked_widgets, result_name, snapshot_image, spatial_kwargs, upsert_labels, upsert_probabilities
+from ._controls import FolderEdit, LayerCombo, LayerList, RunControls, device_combo, format_seconds
+from ._layers import (
+    class_colormap,
+    docked_widgets,
+    result_kind,
+    result_name,
+    snapshot_image,
+    spatial_kwargs,
+    upsert_labels,
+    upsert_probabilities,
+    upsert_restored,
+)
 from ._worker import Failure, RunBridge, StopsRunOnClose, report_failure, show_error
 
 SOURCES = (("model just trained (Fine-tune widget)", "trained"), ("model folder", "folder"))
@@ -38,7 +52,7 @@ class SourceEvent:
 
 
 class ApplyWidget(StopsRunOnClose, QWidget):
-    """Apply a segmentation model to image layers; results become Labels layers."""
+    """Apply a model to image layers; results become Labels (segmentation) or Image (restoration) layers."""
 
     def __init__(self, napari_viewer) -> None:
         super().__init__()
@@ -62,8 +76,13 @@ class ApplyWidget(StopsRunOnClose, QWidget):
         self.source_combo.currentIndexChanged.connect(lambda _: self.refresh_model_info())
         self.folder.changed.connect(lambda _: self.refresh_model_info())
         self.images = LayerList(self.viewer, Image, self)
-        self.images.setToolTip("The image layers to segment (Ctrl/Shift-click to choose several)")
+        self.images.setToolTip("The image layers to apply the model to (Ctrl/Shift-click to choose several)")
         self.probabilities = QCheckBox("also add class probabilities", self)
+        self.keep_dtype = QCheckBox("keep the image's pixel type (restoration)", self)
+        self.keep_dtype.setToolTip("Round and clip restored values to the source's integer range instead of float32")
+        self.target_combo = LayerCombo(self.viewer, Image, self, none_text="none")
+        self.target_combo.setToolTip("Restoration: a clean or high-resolution image of the one chosen source, "
+                                     "to score the result against (PSNR, SSIM)")
         self.device_combo = device_combo(self)
         form = QFormLayout()
         form.addRow("Model", self.source_combo)
@@ -71,6 +90,8 @@ class ApplyWidget(StopsRunOnClose, QWidget):
         form.addRow("", self.model_info)
         form.addRow("Images", self.images)
         form.addRow("", self.probabilities)
+        form.addRow("", self.keep_dtype)
+        form.addRow("Score against", self.target_combo)
         form.addRow("Device", self.device_combo)
         self.controls = RunControls("Apply", self)
         self.controls.start_button.clicked.connect(self.start)
@@ -111,7 +132,8 @@ class ApplyWidget(StopsRunOnClose, QWidget):
     # ------------------------------------------------------------------ actions
 
     def config(self) -> PredictConfig:
-        values: dict[str, Any] = dict(device=self.device_combo.currentText(), probabilities=self.probabilities.isChecked())
+        values: dict[str, Any] = dict(device=self.device_combo.currentText(), probabilities=self.probabilities.isChecked(),
+                                      keep_dtype=self.keep_dtype.isChecked())
         values.update(self.config_overrides)
         return PredictConfig(**values)
 
@@ -120,21 +142,22 @@ class ApplyWidget(StopsRunOnClose, QWidget):
         if self.bridge.running:
             return False
         try:
-            model, jobs, config = self._prepare()
+            model, jobs, config, target, task = self._prepare()
         except EmsslError as exc:
             show_error(str(exc))
             self.controls.set_status(str(exc))
             return False
-        self._run = {"names": [j[0] for j in jobs], "spatial": [j[2] for j in jobs], "done": 0}
+        self._run = {"names": [j[0] for j in jobs], "spatial": [j[2] for j in jobs], "metadata": [j[3] for j in jobs],
+                     "done": 0, "verb": "segmented" if task == "segment" else "restored"}
         self.controls.set_running(True)
         self.controls.set_progress(0, 1, "starting…")
-        self.controls.set_status(f"Segmenting {len(jobs)} image{'s' if len(jobs) != 1 else ''}…")
-        images = [(name, data) for name, data, _ in jobs]
+        self.controls.set_status(f"Applying the model to {len(jobs)} image{'s' if len(jobs) != 1 else ''}…")
+        images = [(name, data) for name, data, _, _ in jobs]
 
         def make_run(token):
             net = model if isinstance(model, TrainedModel) else load_model(model)
             for index, (_, image) in enumerate(images):
-                for event in api.iter_predict(net, image, config, cancel=token):
+                for event in api.iter_predict(net, image, config, target=target, cancel=token):
                     yield SourceEvent(index, event)
                     if isinstance(event, RunCancelled):
                         return
@@ -142,22 +165,29 @@ class ApplyWidget(StopsRunOnClose, QWidget):
         self.bridge.start(make_run)
         return True
 
-    def _prepare(self) -> tuple[TrainedModel | str, list[tuple[str, Any, dict]], PredictConfig]:
+    def _prepare(self) -> tuple[TrainedModel | str, list[tuple[str, Any, dict, dict]], PredictConfig, Any, str]:
         if self.source_combo.currentData() == "folder":
             model: TrainedModel | str = self.folder.path()
-            read_model_meta(model)  # cheap checks here; the weights are checked in the worker
+            meta = read_model_meta(model)  # cheap checks here; the weights are checked in the worker
         else:
             model = self.trained_model()
             if model is None:
                 raise InputError("No model has been trained in this viewer yet: train one with EM SSL › Fine-tune, "
                                  "or choose a model folder.")
+            meta = model.meta
         layers = self.images.selected_layers()
         if not layers:
-            raise InputError("Choose at least one image layer to segment.")
+            raise InputError("Choose at least one image layer to apply the model to.")
         config = self.config()
-        jobs = [(layer.name, check_image(snapshot_image(layer), name=f"image {layer.name!r}"), spatial_kwargs(layer))
-                for layer in layers]
-        return model, jobs, config
+        jobs = [(layer.name, check_image(snapshot_image(layer), name=f"image {layer.name!r}"), spatial_kwargs(layer),
+                 dict(layer.metadata)) for layer in layers]
+        target = None
+        target_layer = self.target_combo.layer()
+        if target_layer is not None and meta.get("task", "segment") != "segment":
+            if len(layers) != 1:
+                raise InputError("A target scores one image: choose a single image layer, or set the target to none.")
+            target = check_image(snapshot_image(target_layer), name=f"target {target_layer.name!r}")
+        return model, jobs, config, target, meta.get("task", "segment")
 
     def stop(self) -> None:
         if self.bridge.running and self._run is not None and not self._run.get("ended"):
@@ -179,17 +209,25 @@ class ApplyWidget(StopsRunOnClose, QWidget):
             self.controls.set_progress(event.done, event.total, f"{where}: tile {event.done} / {event.total}")
         elif isinstance(event, RunFinished):
             result, spatial = event.result, run["spatial"][item.index]
-            upsert_labels(self.viewer, result_name(name, "segmentation"), result.labels, spatial,
-                          colormap=class_colormap(background=False), opacity=0.55)
-            if result.probabilities is not None:
-                upsert_probabilities(self.viewer, name, result.probabilities, spatial)
+            scores = ""
+            if result.image is not None:
+                kind = result_kind(result.info.get("task", "denoise"), result.scale_factor)
+                upsert_restored(self.viewer, result_name(name, kind), result.image, spatial, factor=result.scale_factor,
+                                metadata=run["metadata"][item.index])
+                if result.metrics:
+                    scores = f"; against the target: PSNR {result.metrics['psnr']:.2f} dB, SSIM {result.metrics['ssim']:.3f}"
+            else:
+                upsert_labels(self.viewer, result_name(name, "segmentation"), result.labels, spatial,
+                              colormap=class_colormap(background=False), opacity=0.55)
+                if result.probabilities is not None:
+                    upsert_probabilities(self.viewer, name, result.probabilities, spatial)
             run["done"] += 1
             run["ended"] = run["done"] == count
-            self.controls.set_status(f"Segmented {run['done']} of {count} image{'s' if count != 1 else ''} "
-                                     f"(last: {name!r} in {format_seconds(result.seconds)}).")
+            self.controls.set_status(f"{run['verb'].capitalize()} {run['done']} of {count} image{'s' if count != 1 else ''} "
+                                     f"(last: {name!r} in {format_seconds(result.seconds)}{scores}).")
         elif isinstance(event, RunCancelled):
             run["ended"] = True
-            self.controls.set_status(f"Stopped: {run['done']} of {count} image{'s' if count != 1 else ''} segmented; "
+            self.controls.set_status(f"Stopped: {run['done']} of {count} image{'s' if count != 1 else ''} {run['verb']}; "
                                      "the others are unchanged.")
 
     def _on_failure(self, failure: Failure) -> None:
@@ -217,15 +255,19 @@ def read_model_meta(folder: str) -> dict:
         raise ModelFormatError(f"{path / META_NAME} is not readable JSON ({exc}).") from None
     if not isinstance(meta, dict) or "arch" not in meta:
         raise ModelFormatError(f"{path / META_NAME} does not describe a napari-emssl model.")
-    if meta.get("task", "segment") != "segment":
-        raise ModelFormatError(f"The model in {folder!r} was trained for {meta['task']!r}; this widget applies "
-                               "segmentation models.")
+    if meta.get("task", "segment") not in TASKS:
+        raise ModelFormatError(f"The model in {folder!r} was trained for {meta['task']!r}, which this version does not "
+                               f"know (it knows {', '.join(TASKS)}).")
     return meta
 
 
 def describe_model(meta: dict) -> str:
-    classes = meta.get("classes") or list(range(1, int(meta.get("out_channels", 0)) + 1))
-    text = f"{meta.get('arch')} · classes {classes}"
+    task = meta.get("task", "segment")
+    if task == "segment":
+        classes = meta.get("classes") or list(range(1, int(meta.get("out_channels", 0)) + 1))
+        text = f"{meta.get('arch')} · classes {classes}"
+    else:
+        text = f"{meta.get('arch')} · {result_kind(task, int(meta.get('factor', 1)))}"
     finetune = (meta.get("lineage") or {}).get("finetune") or {}
     if finetune:
         text += f" · fine-tuned {finetune.get('steps')} steps on {finetune.get('source') or 'an image'}"

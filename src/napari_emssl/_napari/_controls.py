@@ -46,36 +46,47 @@ class _WatchesLayers:
 
 
 class LayerCombo(QComboBox, _WatchesLayers):
-    """The layers of one type, kept in sync with the viewer's layer list."""
+    """The layers of one type, kept in sync with the viewer's layer list.
+
+    ``none_text`` (e.g. "none") adds a first entry that stands for no layer (an optional choice).
+    """
 
     layer_changed = Signal(object)  # the chosen layer or None
 
-    def __init__(self, viewer, layer_type: type[Layer], parent: QWidget | None = None) -> None:
+    def __init__(self, viewer, layer_type: type[Layer], parent: QWidget | None = None, *, none_text: str | None = None) -> None:
         super().__init__(parent)
-        self._viewer, self._type = viewer, layer_type
+        self._viewer, self._type, self._none = viewer, layer_type, none_text
         self._layers: list[Layer] = []
         self.currentIndexChanged.connect(lambda _: self.layer_changed.emit(self.layer()))
         self._watch_layers(viewer)
         self.refresh()
 
+    @property
+    def _offset(self) -> int:
+        return 0 if self._none is None else 1
+
     def layer(self) -> Layer | None:
-        i = self.currentIndex()
+        i = self.currentIndex() - self._offset
         if 0 <= i < len(self._layers) and self._layers[i] in self._viewer.layers:
             return self._layers[i]
         return None
 
     def set_layer(self, layer: Layer | None) -> None:
-        if layer in self._layers:
-            self.setCurrentIndex(self._layers.index(layer))
+        if layer is None and self._none is not None:
+            self.setCurrentIndex(0)
+        elif layer in self._layers:
+            self.setCurrentIndex(self._layers.index(layer) + self._offset)
 
     def refresh(self, *_) -> None:
         current = self.layer()
         self._layers = [layer for layer in self._viewer.layers if isinstance(layer, self._type)]
         self.blockSignals(True)
         self.clear()
+        if self._none is not None:
+            self.addItem(self._none)
         self.addItems([layer.name for layer in self._layers])
         if current in self._layers:
-            self.setCurrentIndex(self._layers.index(current))
+            self.setCurrentIndex(self._layers.index(current) + self._offset)
         self.blockSignals(False)
         if self.layer() is not current:
             self.layer_changed.emit(self.layer())

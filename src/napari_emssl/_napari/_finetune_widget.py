@@ -1,5 +1,7 @@
-"""The "Fine-tune" dock widget: train a segmentation network on the strokes painted in a
-Labels layer, with a live loss plot and a live preview layer.
+"""The "Fine-tune" dock widget: train a network on the user's image, with a live loss plot and
+a live preview layer: segmentation from the strokes painted in a Labels layer, or restoration
+(denoising, noise and background removal, super-resolution) from the image itself or a
+paired target image layer.
 
 The widget only builds a :class:`~napari_emssl.config.FinetuneConfig`, snapshots the layer
 data and runs :func:`napari_emssl.api.iter_finetune` through :class:`._worker.RunBridge`;
@@ -51,8 +53,10 @@ from ._layers import (
     snapshot_labels,
     spatial_kwargs,
     upsert_labels,
+    upsert_restored,
 )
 from ._loss_plot import LossPlot
+from ._task_controls import TaskRows
 from ._worker import EndsTrainingRun, Failure, RunBridge, StopsRunOnClose, show_error, show_info
 
 INITS = (("bundled pretrained weights", "bundled"), ("random weights", "random"), ("a model folder…", "folder"))
@@ -60,7 +64,7 @@ PRETRAINED = "pretrained"  # init choice: the folder of the Pretrain widget's la
 
 
 class FinetuneWidget(EndsTrainingRun, StopsRunOnClose, QWidget):
-    """Fine-tune a segmentation network on painted labels (0 unpainted, 1 background, 2.. classes)."""
+    """Fine-tune a network: segmentation on painted labels (0 unpainted, 1 background, 2.. classes) or restoration."""
 
     run_noun = "fine-tuning"
 
@@ -93,10 +97,14 @@ class FinetuneWidget(EndsTrainingRun, StopsRunOnClose, QWidget):
         new_labels.setText("+")
         new_labels.setToolTip("Add an empty Labels layer on the image, ready to paint")
         new_labels.clicked.connect(self.add_labels_layer)
-        labels_row = QHBoxLayout()
+        labels_box = QWidget(self)
+        labels_row = QHBoxLayout(labels_box)
+        labels_row.setContentsMargins(0, 0, 0, 0)
         labels_row.addWidget(self.labels_combo, 1)
         labels_row.addWidget(new_labels)
-        hint = QLabel("paint 1 = background, 2, 3, … = structures", self)
+        labels_label = QLabel("Labels", self)
+        self.task_rows = TaskRows(self.viewer, self)
+        hint = self.task_rows.hint
         hint.setToolTip("Label values: 0 = not painted (ignored), 1 = background, 2, 3, … = the structures to segment. "
                         "Predictions use the same values, so they can be corrected and fed back.")
 
@@ -135,7 +143,7 @@ class FinetuneWidget(EndsTrainingRun, StopsRunOnClose, QWidget):
 
         form = QFormLayout()
         form.addRow("Image", self.image_combo)
-        form.addRow("Labels", labels_row)
+        form.addRow(labels_label, labels_box)
         form.addRow("", hint)
         form.addRow("Network", self.arch_combo)
         form.addRow("", self.arch_info)
@@ -154,6 +162,8 @@ class FinetuneWidget(EndsTrainingRun, StopsRunOnClose, QWidget):
         self.save_button.setEnabled(False)
         self.save_button.clicked.connect(lambda: self.save_model())
 
+        self.task_rows.add_to(form, (labels_label, labels_box))
+        self.task_rows.task_changed.connect(self._on_task_changed)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(advanced)
@@ -164,16 +174,21 @@ class FinetuneWidget(EndsTrainingRun, StopsRunOnClose, QWidget):
         self._match_labels(self.image_combo.layer())
         self._describe_arch(self.arch_combo.currentText())
 
+    def _on_task_changed(self, task: str) -> None:
+        self.steps_spin.setValue(self.task_rows.default_steps())
+        self._describe_arch(self.arch_combo.currentText())
+
     def _describe_arch(self, name: str) -> None:
         info = next((m for m in list_models() if m.name == name), None)
         if info is None:
             self.arch_info.setText("")
             return
-        entry = zoo.bundled_for("segment", name, dict(info.default_kwargs))
+        task = self.task_rows.task()
+        entry = zoo.bundled_for(task, name, dict(info.default_kwargs))
         if entry is not None:
             weights = f"bundled {entry.method} pretrained weights"
         elif others := zoo.bundled_for_network(name, dict(info.default_kwargs)):
-            weights = f"bundled {others[0].method} weights not used for segmentation: starts from random"
+            weights = f"bundled {others[0].method} weights not used for {task}: starts from random"
             self.arch_info.setToolTip(others[0].card.get("task_note") or "")
         else:
             weights = "no bundled pretrained weights: starts from random"
@@ -234,7 +249,8 @@ class FinetuneWidget(EndsTrainingRun, StopsRunOnClose, QWidget):
                 raise InputError("The pretrained model is no longer available (the Pretrain widget was closed); "
                                  "choose its folder with \"a model folder…\".")
             arch, arch_kwargs = _folder_arch(init, arch)
-        values = dict(task="segment", arch=arch, arch_kwargs=arch_kwargs, init=init, steps=self.steps_spin.value(),
+        values = dict(task=self.task_rows.task(), factor=self.task_rows.factor() if self.task_rows.task() == "superres" else 2,
+                      arch=arch, arch_kwargs=arch_kwargs, init=init, steps=self.steps_spin.value(),
                       device=self.device_combo.currentText(), batch_size=self.batch_spin.value(),
                       patch_size=self.patch_spin.value(), lr=self.lr_spin.value(),
                       preview_every_s=self.preview_spin.value())
@@ -252,16 +268,17 @@ class FinetuneWidget(EndsTrainingRun, StopsRunOnClose, QWidget):
             self.controls.set_status(str(exc))
             return False
         self._preview = None
-        self.loss_plot.reset(run["config"].steps or FinetuneConfig.DEFAULT_STEPS)
+        self.loss_plot.reset(run["config"].steps or run["config"].default_steps)
         self.controls.set_progress(0, 1, "starting…")
         self.controls.set_status(f"Preparing to train on {run['source']!r}…")
         self.controls.set_running(True)
-        image, labels, config = run.pop("image"), run.pop("labels"), run["config"]
+        image, labels, target, config = run.pop("image"), run.pop("labels"), run.pop("target"), run["config"]
         source, out_dir, z = run["source"], run["out_dir"], run["preview_z"]
         self._run = run
 
         def make_run(token):
-            return api.iter_finetune(image, labels, config, cancel=token, out_dir=out_dir, source=source, preview_z=z)
+            return api.iter_finetune(image, labels, config, target=target, cancel=token, out_dir=out_dir, source=source,
+                                     preview_z=z)
 
         self.bridge.start(make_run)
         return True
@@ -270,13 +287,25 @@ class FinetuneWidget(EndsTrainingRun, StopsRunOnClose, QWidget):
         image_layer, labels_layer = self.image_combo.layer(), self.labels_combo.layer()
         if image_layer is None:
             raise InputError("Open an EM image first (File > Open, or File > Open Sample > EM SSL).")
-        if labels_layer is None:
-            raise InputError("Add a Labels layer (the + button) and paint 1 = background and 2 = the structure to segment.")
         config = self.config()
         image = check_image(snapshot_image(image_layer), name=f"image {image_layer.name!r}")
-        labels = snapshot_labels(labels_layer)
-        check_trainable(check_labels(labels, image.shape))
-        return {"image": image, "labels": labels, "config": config, "source": image_layer.name, "shape": image.shape,
+        labels = target = None
+        if config.task == "segment":
+            if labels_layer is None:
+                raise InputError("Add a Labels layer (the + button) and paint 1 = background and 2 = the structure to segment.")
+            labels = snapshot_labels(labels_layer)
+            check_trainable(check_labels(labels, image.shape))
+        else:
+            from ..restoration import check_restorable, check_target
+
+            target_layer, factor = self.task_rows.target_layer(), self.task_rows.factor()
+            if target_layer is image_layer:
+                raise InputError("The target must be another image layer than the image (a clean or high-resolution version).")
+            if target_layer is not None:
+                target = check_target(snapshot_image(target_layer), image.shape, factor)
+            check_restorable(image, config.task, factor, target is not None)
+        return {"image": image, "labels": labels, "target": target, "config": config, "source": image_layer.name,
+                "shape": image.shape, "task": config.task, "factor": self.task_rows.factor(),
                 "spatial": spatial_kwargs(image_layer), "preview_z": current_slice(self.viewer, image_layer),
                 "out_dir": self.out_folder.path() or None, "total": config.steps}
 
@@ -337,10 +366,13 @@ class FinetuneWidget(EndsTrainingRun, StopsRunOnClose, QWidget):
         self._run.update(total=event.total_steps, started=time.monotonic())
         self.loss_plot.reset(event.total_steps)
         self.controls.set_progress(0, event.total_steps, f"0 / {event.total_steps} steps")
-        painted = sum(info.get("painted_pixels", {}).values())
-        slices = len(info.get("painted_slices", []))
-        text = (f"Training {info.get('arch')} on {event.device}: classes {info.get('classes')}, {painted} painted pixels "
-                f"on {slices} slice{'s' if slices != 1 else ''}.")
+        if "task" in info:  # restoration
+            text = f"Training {info.get('arch')} for {info['task']} on {event.device}: {info.get('mode')}."
+        else:
+            painted = sum(info.get("painted_pixels", {}).values())
+            slices = len(info.get("painted_slices", []))
+            text = (f"Training {info.get('arch')} on {event.device}: classes {info.get('classes')}, {painted} painted pixels "
+                    f"on {slices} slice{'s' if slices != 1 else ''}.")
         if info.get("init_note"):
             text += f" Note: {info['init_note']}; starting from random weights."
         elif info.get("total_tensors"):
@@ -358,10 +390,15 @@ class FinetuneWidget(EndsTrainingRun, StopsRunOnClose, QWidget):
         if event.z is None:
             data = event.data
         else:
-            if self._preview is None or self._preview.shape != tuple(run["shape"]):
-                self._preview = np.zeros(run["shape"], dtype=event.data.dtype)
+            shape = (run["shape"][0],) + tuple(event.data.shape)
+            if self._preview is None or self._preview.shape != shape:
+                self._preview = np.zeros(shape, dtype=event.data.dtype)
             self._preview[event.z] = event.data
             data = self._preview
+        if run["task"] != "segment":
+            upsert_restored(self.viewer, result_name(run["source"], "preview"), data, run["spatial"], factor=run["factor"],
+                            keep_selection=True)
+            return
         upsert_labels(self.viewer, result_name(run["source"], "preview"), data, run["spatial"], keep_selection=True,
                       colormap=class_colormap(background=False), opacity=0.6)
 
@@ -369,11 +406,16 @@ class FinetuneWidget(EndsTrainingRun, StopsRunOnClose, QWidget):
         self._end_run()
         result = event.result
         self._keep(result.model)
-        dice = result.model.meta.get("metrics", {}).get("train_painted_dice", {})
+        metrics = result.model.meta.get("metrics", {})
+        dice = metrics.get("train_painted_dice", {})
         fit = ", ".join(f"class {c} {v:.2f}" for c, v in dice.items() if c != "1")
         text = f"Done: {result.steps} steps in {format_seconds(result.seconds)}."
         if fit:
             text += f" Fit of the painted strokes (Dice): {fit}."
+        if "psnr" in metrics:
+            base = "bicubic" if "bicubic_psnr" in metrics else "input"
+            text += (f" Against the target: PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.3f} "
+                     f"({base}: {metrics[base + '_psnr']:.2f} dB, {metrics[base + '_ssim']:.3f}).")
         if result.model_dir:
             text += f" Saved in {result.model_dir}."
         self.controls.set_status(text + " Apply it with EM SSL › Apply (model just trained).")

@@ -176,3 +176,35 @@ def docked_widgets(viewer) -> Iterable[Any]:
     window = getattr(viewer, "window", None)
     mapping = getattr(window, "dock_widgets", None) if window is not None else None
     return list(mapping.values()) if mapping is not None else []
+
+
+def result_kind(task: str, factor: int = 1) -> str:
+    """The suffix of a result layer's name: ``"<source> denoised"``, ``"<source> superres x2"``, …"""
+    return {"segment": "segmentation", "denoise": "denoised", "bgremove": "background removed",
+            "superres": f"superres x{factor}"}.get(task, task)
+
+
+def scaled_spatial(spatial: dict[str, Any], factor: int) -> dict[str, Any]:
+    """Placement of a result ``factor`` times finer than its source: pixel size / factor, centres aligned."""
+    if factor == 1:
+        return dict(spatial)
+    from ..tasks.superres import output_scale, output_translate
+
+    out = dict(spatial)
+    out["scale"] = output_scale(spatial["scale"], factor)
+    out["translate"] = output_translate(spatial["translate"], spatial["scale"], factor)
+    return out
+
+
+def upsert_restored(viewer, name: str, data: np.ndarray, spatial: dict[str, Any], *, factor: int = 1,
+                    keep_selection: bool = False, metadata: dict | None = None) -> Image:
+    """Add or update the grey-value result layer ``name`` (contrast from its 1-99.8 % percentiles)."""
+    sample = np.asarray(data).ravel()[:: max(1, np.asarray(data).size // 200_000)]
+    lo, hi = (float(v) for v in np.percentile(sample, [1.0, 99.8])) if sample.size else (0.0, 1.0)
+    limits = (lo, hi) if hi > lo else (lo, lo + 1.0)
+    style: dict[str, Any] = {"contrast_limits": limits, "colormap": "gray"}
+    if metadata is not None and find_layer(viewer, name, Image) is None:
+        style["metadata"] = metadata
+    layer = upsert_image(viewer, name, data, scaled_spatial(spatial, factor), keep_selection=keep_selection, **style)
+    layer.contrast_limits = limits
+    return layer

@@ -1,0 +1,214 @@
+"""Denoising and super-resolution on real STEM and SEM images: ours versus the classic and learned baselines.
+
+    PYTHONPATH=.bench-site:src .venv/bin/python benchmarks/restoration.py --task denoise [--images ...] [--threads 1]
+    PYTHONPATH=src .venv/bin/python benchmarks/restoration.py --task superres
+
+Images (``$EMSSL_DATA``, see its README): two atomic-resolution STEM detector images
+(atomap, GPL-3) and two SEM micrographs (aquami, DeepSEM nanowires; MIT), each a central
+crop of at most 512 x 512 pixels. Each image, mapped to unit intensity (1st percentile ->
+0.05, 99.8th -> 1), is the clean reference.
+
+``--task denoise``: low-dose Poisson-Gaussian noise is added, ``Poisson(dose * x) / dose +
+N(0, read^2)`` (default dose 20 electrons per unit intensity, read noise 0.02), seeded. Every
+method sees only the noisy image:
+  - ``noisy``: the input itself;
+  - ``nlm``: scikit-image non-local means on the variance-stabilised image (generalised
+    Anscombe transform, noise std 1 after it; patch 5, distance 6, h = 0.8; exact unbiased
+    inverse, Mäkitalo & Foi 2013, closed-form approximation);
+  - ``bm3d``: the ``bm3d`` package (Mäkitalo & Foi's BM3D) on the same stabilised image with
+    sigma 1 and the same inverse;
+  - ``n2v``: Noise2Void from ``careamics`` (its default UNet, N2V masking), trained on the
+    noisy image for ``--n2v-epochs`` x ``--n2v-steps`` batches of 16 patches of 64 px;
+  - ``ours``: ``emssl finetune --task denoise`` with every default (bundled GAN-pretrained
+    residual U-Net, blind-spot self-supervision, 600 steps) and ``ours_random`` the same
+    from random weights.
+  The classic methods are given the true dose and read noise (for the variance
+  stabilisation): an advantage over the learned methods, which estimate nothing.
+
+``--task superres``: the reference is area-downscaled by 2 (a detector with twice larger
+pixels); ``bicubic`` upsampling, ``ours`` (``--task superres`` defaults: self-supervised pairs
+made by downscaling the input once more, from the bundled weights, 600 steps) and
+``ours_random`` (the same network and training from random weights) restore the full
+resolution.
+
+PSNR (data range of the reference) and SSIM on the whole image, seconds of wall time per
+method (training + prediction). Results: ``benchmarks/results/restoration_<task>.json``;
+``benchmarks/report.py`` puts them into docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+ROOT = Path(os.environ.get("EMSSL_DATA", HERE.parents[1] / "shared" / "data"))
+
+from napari_emssl import __version__, api  # noqa: E402
+from napari_emssl.config import FinetuneConfig, PredictConfig  # noqa: E402
+from napari_emssl.data.degrade import downscale_area, upscale_bicubic  # noqa: E402
+from napari_emssl.tasks.metrics import restoration_metrics  # noqa: E402
+
+IMAGES = {
+    "stem_adf": ("stem_atomic/atomap_adf_cropped.tif", "atomic-resolution ADF-STEM, SrTiO3 (atomap, GPL-3)"),
+    "stem_detector": ("stem_atomic/atomap_example_detector_adf.tif", "ADF-STEM detector image (atomap, GPL-3)"),
+    "sem_aquami": ("aquami_sem/Sample.tif", "SEM, porous ligament microstructure (aquami, MIT)"),
+    "sem_nanowires": ("nanowires_sem/images/125nm_03_cropped.png", "SEM, nanowire array (DeepSEM, MIT)"),
+}
+CROP = 512
+
+
+def load_clean(name: str) -> np.ndarray:
+    """The reference: a central crop (<= 512 px, even sides), mapped to 0.05 .. 1 (1st / 99.8th percentile)."""
+    from skimage.io import imread
+
+    path = ROOT / IMAGES[name][0]
+    image = imread(path).astype(np.float64)
+    if image.ndim == 3:
+        image = image[..., :3].mean(axis=-1)
+    ny, nx = (min(CROP, s) // 2 * 2 for s in image.shape)
+    y0, x0 = (image.shape[0] - ny) // 2, (image.shape[1] - nx) // 2
+    image = image[y0 : y0 + ny, x0 : x0 + nx]
+    lo, hi = np.percentile(image, [1.0, 99.8])
+    return (0.05 + 0.95 * (image - lo) / (hi - lo)).astype(np.float32)
+
+
+def add_noise(clean: np.ndarray, dose: float, read: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    counts = rng.poisson(np.clip(clean, 0, None) * dose)
+    return (counts / dose + read * rng.standard_normal(clean.shape)).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------- variance stabilisation
+
+
+def gat(y: np.ndarray, alpha: float, sigma: float) -> np.ndarray:
+    """Generalised Anscombe transform of ``y = alpha * Poisson + N(0, sigma^2)``: noise std about 1 after it."""
+    return 2.0 * np.sqrt(np.maximum(y / alpha + 3.0 / 8.0 + (sigma / alpha) ** 2, 0.0))
+
+
+def inverse_gat(z: np.ndarray, alpha: float, sigma: float) -> np.ndarray:
+    """Closed-form approximation of the exact unbiased inverse (Mäkitalo & Foi 2013), back to ``y`` units."""
+    z = np.maximum(z, 1.0)
+    s = np.sqrt(1.5)
+    exact = 0.25 * z**2 + 0.25 * s / z - 11.0 / 8.0 / z**2 + 5.0 / 8.0 * s / z**3 - 1.0 / 8.0
+    return (np.maximum(exact - (sigma / alpha) ** 2, 0.0) * alpha).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------- methods
+
+
+def run_nlm(noisy, dose, read, **_):
+    from skimage.restoration import denoise_nl_means
+
+    alpha = 1.0 / dose
+    z = gat(noisy, alpha, read)
+    out = denoise_nl_means(z, h=0.8, sigma=1.0, patch_size=5, patch_distance=6, fast_mode=True)
+    return inverse_gat(out, alpha, read)
+
+
+def run_bm3d(noisy, dose, read, **_):
+    import bm3d
+
+    alpha = 1.0 / dose
+    z = gat(noisy, alpha, read)
+    return inverse_gat(np.asarray(bm3d.bm3d(z, sigma_psd=1.0), np.float32), alpha, read)
+
+
+def run_n2v(noisy, args, **_):
+    import logging
+    import tempfile
+
+    logging.getLogger("lightning").setLevel(logging.ERROR)
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    from careamics import CAREamist
+    from careamics.config import create_n2v_config
+
+    config = create_n2v_config(experiment_name="n2v_benchmark", data_type="array", axes="YX", patch_size=[64, 64],
+                               batch_size=16, num_epochs=args.n2v_epochs, num_steps=args.n2v_steps)
+    with tempfile.TemporaryDirectory() as work:
+        model = CAREamist(config, work_dir=work, enable_progress_bar=False)
+        model.train(train_data=noisy)
+        pred, _ = model.predict(noisy, tile_size=(256, 256), tile_overlap=(48, 48))
+    return np.asarray(pred[0] if isinstance(pred, list) else pred, np.float32).reshape(noisy.shape)
+
+
+def run_ours(noisy, args, init="bundled", **_):
+    config = FinetuneConfig(task=args.task, init=init, device=args.device, preview_every_s=0, steps=args.steps, seed=args.seed)
+    result = api.finetune(noisy, config=config)
+    out = api.predict(result.model, noisy, PredictConfig(device=args.device))
+    return out.image, {"init": result.model.meta["lineage"]["init"].get("init"), "steps": result.steps,
+                       "train_seconds": round(result.seconds, 1)}
+
+
+def run_bicubic(low, **_):
+    return upscale_bicubic(low, 2)
+
+
+DENOISERS = {"noisy": lambda noisy, **_: noisy, "nlm": run_nlm, "bm3d": run_bm3d, "n2v": run_n2v,
+             "ours": run_ours, "ours_random": lambda noisy, args, **kw: run_ours(noisy, args, init="random")}
+UPSCALERS = {"bicubic": run_bicubic, "ours": lambda low, args, **_: run_ours(low, args),
+             "ours_random": lambda low, args, **_: run_ours(low, args, init="random")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", choices=("denoise", "superres"), required=True)
+    parser.add_argument("--images", nargs="+", default=list(IMAGES), choices=list(IMAGES))
+    parser.add_argument("--methods", nargs="+", help="default: all of the task's methods")
+    parser.add_argument("--dose", type=float, default=20.0, help="electrons per unit intensity (default 20)")
+    parser.add_argument("--read", type=float, default=0.02, help="Gaussian read noise, unit intensity (default 0.02)")
+    parser.add_argument("--steps", type=int, default=None, help="our fine-tuning steps (default: the task's default)")
+    parser.add_argument("--n2v-epochs", type=int, default=10)
+    parser.add_argument("--n2v-steps", type=int, default=60, help="batches per N2V epoch")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, help="default: benchmarks/results/restoration_<task>.json")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    methods = DENOISERS if args.task == "denoise" else UPSCALERS
+    chosen = args.methods or list(methods)
+    out_path = args.out or HERE / "results" / f"restoration_{args.task}.json"
+    rows = []
+    for name in args.images:
+        clean = load_clean(name)
+        if args.task == "denoise":
+            given = add_noise(clean, args.dose, args.read, args.seed)
+        else:
+            given = downscale_area(clean, 2)
+        for method in chosen:
+            started = time.perf_counter()
+            out = methods[method](given, args=args, dose=args.dose, read=args.read) if method != "noisy" else given
+            extra = {}
+            if isinstance(out, tuple):
+                out, extra = out
+            seconds = time.perf_counter() - started
+            scores = restoration_metrics(clean, np.asarray(out, np.float32), float(np.ptp(clean)))
+            row = {"image": name, "method": method, "psnr": round(scores["psnr"], 3), "ssim": round(scores["ssim"], 4),
+                   "seconds": round(seconds, 1), "shape": list(clean.shape), **extra}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            # written after every method: a long run that is stopped keeps what it measured
+            out_path.write_text(json.dumps({
+                "task": args.task, "images": {k: IMAGES[k][1] for k in args.images}, "dose": args.dose, "read": args.read,
+                "steps": args.steps or FinetuneConfig(task=args.task).default_steps, "n2v": {"epochs": args.n2v_epochs,
+                "steps_per_epoch": args.n2v_steps, "batch": 16, "patch": 64}, "seed": args.seed,
+                "device": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, "
+                          f"{torch.get_num_threads()} threads",
+                "package_version": __version__, "command": "python benchmarks/restoration.py " + " ".join(sys.argv[1:]),
+                "rows": rows,
+            }, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

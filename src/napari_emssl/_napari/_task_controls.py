@@ -1,0 +1,90 @@
+"""The task part of the Fine-tune widget: what to learn, and the rows that only some tasks need.
+
+Segmentation needs a Labels layer; the restoration tasks an optional paired target image
+layer; super-resolution its factor. :class:`TaskRows` owns those controls and shows only
+the rows that the chosen task uses.
+"""
+
+from __future__ import annotations
+
+from napari.layers import Image
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QWidget
+
+from ..config import FACTORS, FinetuneConfig
+from ._controls import LayerCombo
+
+TASK_CHOICES = (
+    ("segmentation (paint labels)", "segment"),
+    ("denoising", "denoise"),
+    ("noise & background removal", "bgremove"),
+    ("super-resolution", "superres"),
+)
+HINTS = {
+    "segment": "paint 1 = background, 2, 3, … = structures",
+    "denoise": "learns from the noisy image itself (blind spot); a clean target image makes it paired",
+    "bgremove": "synthetic atom-column pairs matched to the image; a background-free target makes it paired",
+    "superres": "learns from the image downscaled further; a high-resolution target makes it paired",
+}
+TARGET_TIPS = {
+    "denoise": "Optional: a clean (e.g. high-dose) image of the same field of view, in the image's intensity units",
+    "bgremove": "Optional: the same field of view without noise and background, in the image's intensity units",
+    "superres": "Optional: a high-resolution image of the same field of view, factor times larger in Y and X",
+}
+
+
+class TaskRows(QWidget):
+    """Task combo, target layer and factor; :meth:`add_to` puts them into a form."""
+
+    task_changed = Signal(str)
+
+    def __init__(self, viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.task_combo = QComboBox(parent)
+        for text, value in TASK_CHOICES:
+            self.task_combo.addItem(text, value)
+        self.target_combo = LayerCombo(viewer, Image, parent, none_text="none (from the image alone)")
+        self.factor_combo = QComboBox(parent)
+        for f in FACTORS:
+            self.factor_combo.addItem(f"x{f}", f)
+        self.hint = QLabel(parent)
+        self.hint.setWordWrap(True)
+        self._target_label = QLabel("Target", parent)
+        self._factor_label = QLabel("Factor", parent)
+        self.task_combo.currentIndexChanged.connect(lambda _: self._update())
+
+    def add_to(self, form: QFormLayout, labels_row_widgets: tuple[QWidget, ...]) -> None:
+        """Add the task row first, the target and factor rows after it; ``labels_row_widgets`` are hidden unless segmenting."""
+        form.insertRow(0, "Task", self.task_combo)
+        self._labels_widgets = labels_row_widgets
+        form.addRow(self._target_label, self.target_combo)
+        form.addRow(self._factor_label, self.factor_combo)
+        self._update()
+
+    def task(self) -> str:
+        return self.task_combo.currentData()
+
+    def set_task(self, task: str) -> None:
+        self.task_combo.setCurrentIndex(self.task_combo.findData(task))
+
+    def factor(self) -> int:
+        return int(self.factor_combo.currentData()) if self.task() == "superres" else 1
+
+    def target_layer(self):
+        return self.target_combo.layer() if self.task() != "segment" else None
+
+    def default_steps(self) -> int:
+        return FinetuneConfig(task=self.task()).default_steps
+
+    def _update(self) -> None:
+        task = self.task()
+        restoration = task != "segment"
+        for widget in getattr(self, "_labels_widgets", ()):
+            widget.setVisible(not restoration)
+        self._target_label.setVisible(restoration)
+        self.target_combo.setVisible(restoration)
+        self.target_combo.setToolTip(TARGET_TIPS.get(task, ""))
+        self._factor_label.setVisible(task == "superres")
+        self.factor_combo.setVisible(task == "superres")
+        self.hint.setText(HINTS[task])
+        self.task_changed.emit(task)

@@ -1,0 +1,101 @@
+"""Restoration through the real Fine-tune and Apply widgets: denoise, super-resolution with a target, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+from napari.layers import Image
+
+SCALE, TRANSLATE = (0.05, 0.0046, 0.0046), (0.0, 0.2, 0.3)  # as in conftest.viewer_widgets
+
+
+def _choose_task(finetune, task: str, steps: int = 6) -> None:
+    finetune.task_rows.set_task(task)
+    finetune.steps_spin.setValue(steps)  # a task change resets the steps to the task's default
+
+
+def test_denoise_in_the_widgets(qtbot, viewer_widgets, notes, wait_idle):
+    viewer, finetune, apply = viewer_widgets
+    viewer.layers["crop"].metadata["source_file"] = "crop.tif"
+    finetune.task_rows.set_task("denoise")
+    assert finetune.steps_spin.value() == 600  # the task's default
+    assert not finetune.labels_combo.isVisible() or not finetune.labels_combo.isVisibleTo(finetune)
+    assert finetune.task_rows.target_combo.isVisibleTo(finetune)
+    assert not finetune.task_rows.factor_combo.isVisibleTo(finetune)
+    finetune.steps_spin.setValue(6)
+    strokes_before = viewer.layers["crop strokes"].data.copy()
+    assert finetune.start()
+    wait_idle(finetune)
+    assert not notes.errors(), notes.errors()
+    assert finetune.controls.status.text().startswith("Done: 6 steps")
+    assert finetune.trained_model.task == "denoise"
+    preview = viewer.layers["crop preview"]
+    assert isinstance(preview, Image) and preview.data.shape == (2, 96, 96) and preview.data.dtype == np.float32
+    np.testing.assert_array_equal(viewer.layers["crop strokes"].data, strokes_before)
+
+    assert "denoised" in apply.model_info.text()
+    apply.images.select_layers([viewer.layers["crop"]])
+    assert apply.start()
+    wait_idle(apply)
+    result = viewer.layers["crop denoised"]
+    assert isinstance(result, Image) and result.data.shape == (2, 96, 96) and result.data.dtype == np.float32
+    assert np.allclose(result.scale, SCALE) and np.allclose(result.translate, TRANSLATE)
+    assert result.metadata.get("source_file") == "crop.tif"
+    assert "Restored 1 of 1 image" in apply.controls.status.text()
+    apply.keep_dtype.setChecked(True)
+    assert apply.start()
+    wait_idle(apply)
+    assert viewer.layers["crop denoised"].data.dtype == viewer.layers["crop"].data.dtype
+    assert not notes.errors(), notes.errors()
+
+
+def test_superres_with_a_target_layer_shows_psnr_and_overlays(qtbot, viewer_widgets, notes, wait_idle):
+    viewer, finetune, apply = viewer_widgets
+    image = viewer.layers["crop"].data
+    high = np.repeat(np.repeat(image, 2, axis=1), 2, axis=2).astype(np.float32)  # stands in for a finer scan
+    target = viewer.add_image(high, name="crop fine", scale=(SCALE[0], SCALE[1] / 2, SCALE[2] / 2))
+    _choose_task(finetune, "superres")
+    finetune.image_combo.set_layer(viewer.layers["crop"])
+    finetune.task_rows.target_combo.set_layer(target)
+    assert finetune.task_rows.factor_combo.isVisibleTo(finetune)
+    assert finetune.start()
+    wait_idle(finetune)
+    assert not notes.errors(), notes.errors()
+    status = finetune.controls.status.text()
+    assert "PSNR" in status and "bicubic" in status
+    assert viewer.layers["crop preview"].data.shape == (2, 192, 192)
+
+    apply.images.select_layers([viewer.layers["crop"]])
+    apply.target_combo.set_layer(target)
+    assert apply.start()
+    wait_idle(apply)
+    result = viewer.layers["crop superres x2"]
+    assert result.data.shape == (2, 192, 192)
+    assert np.allclose(result.scale, (SCALE[0], SCALE[1] / 2, SCALE[2] / 2))
+    # the centres of the 2 x 2 output pixels of source pixel 0 sit a quarter source pixel around it
+    assert np.allclose(result.translate, (TRANSLATE[0], TRANSLATE[1] - SCALE[1] / 4, TRANSLATE[2] - SCALE[2] / 4))
+    assert "PSNR" in apply.controls.status.text()
+
+
+def test_restoration_bad_input_is_refused_before_training(qtbot, viewer_widgets, notes):
+    viewer, finetune, _ = viewer_widgets
+    _choose_task(finetune, "denoise")
+    wrong = viewer.add_image(np.zeros((2, 50, 50), np.float32) + np.arange(50), name="wrong")
+    finetune.image_combo.set_layer(viewer.layers["crop"])
+    finetune.task_rows.target_combo.set_layer(wrong)
+    assert finetune.start() is False
+    assert any("target has shape" in e for e in notes.errors())
+    finetune.task_rows.target_combo.set_layer(viewer.layers["crop"])
+    assert finetune.start() is False
+    assert any("another image layer" in e for e in notes.errors())
+    flat = viewer.add_image(np.full((2, 64, 64), 9, np.uint8), name="flat")
+    finetune.image_combo.set_layer(flat)
+    finetune.task_rows.target_combo.set_layer(None)
+    assert finetune.start() is False
+    assert any("constant" in e for e in notes.errors())
+    _choose_task(finetune, "superres")
+    finetune.task_rows.factor_combo.setCurrentIndex(finetune.task_rows.factor_combo.findData(4))
+    small = viewer.add_image(np.random.default_rng(0).random((40, 40)).astype(np.float32), name="small")
+    finetune.image_combo.set_layer(small)
+    assert finetune.start() is False
+    assert any("at least 64 x 64" in e for e in notes.errors())
+    assert not finetune.bridge.running
