@@ -203,8 +203,9 @@ def bundled_section() -> list[str]:
     lines = [
         "## Bundled pretrained weights and pretraining throughput",
         "",
-        "Trained by `scripts/train_bundled.py` on every unlabeled image of the data folder (ssTEM stack2,",
-        "SEM nanowires, SEM aquami, atomic-resolution STEM), one run at a time, alone on the device;",
+        "Pretrained by `scripts/train_bundled.py` on every unlabeled image of the data folder (ssTEM stack2,",
+        "SEM nanowires, SEM aquami, atomic-resolution STEM), one run at a time, alone on the device (the",
+        "background-removal weights by `scripts/train_bgremove_weights.py` on synthetic STEM pairs);",
         "patches/s is measured by each run over its whole length (data loading included). The full",
         "model cards are in `src/napari_emssl/zoo/index.json`; `emssl models` lists them.",
         "",
@@ -230,11 +231,98 @@ def bundled_section() -> list[str]:
     budgets = ", ".join(f"{e['name']} {e['budget_s']:.0f} s" for e in entries if e.get("budget_s"))
     if budgets:
         lines += ["", f"Budgets (wall clock for each run, steps chosen so that its learning-rate schedule completes): {budgets}.",
-                  f"Note from the cards: {entries[0].get('budget_note')}."]
+                  f"Note from the cards: {next(e for e in entries if e.get('budget_s')).get('budget_note')}."]
     drivers = sorted({e["driver"] for e in entries if e.get("driver")})
     lines += ["", "Commands (with `EMSSL_DATA=../shared/data PYTHONPATH=src python` in front), then "
               "`scripts/package_bundled.py` to write the zoo:", ""] + [f"    {c}" for c in drivers]
     return lines
+
+
+BASELINES = {"denoise": ("nlm", "bm3d", "n2v"), "superres": ("bicubic",)}
+
+
+def _restoration_runs(task: str) -> dict | None:
+    """``restoration_<task>*.json`` merged (runs split over processes): the first file's settings, all rows."""
+    paths = sorted((HERE / "results").glob(f"restoration_{task}*.json"))
+    if not paths:
+        return None
+    runs = [json.loads(p.read_text()) for p in paths]
+    merged = dict(runs[0], rows=[row for r in runs for row in r["rows"]], images={})
+    for r in runs:
+        merged["images"].update(r["images"])
+    commands = [r["command"] for r in runs]
+    merged["command"] = "` and `".join(dict.fromkeys(commands))
+    return merged
+
+
+def restoration_section(run: dict) -> list[str]:
+    """Table (PSNR / SSIM / seconds per image and method) and the computed margins of ours over the baselines."""
+    task, rows = run["task"], run["rows"]
+    images = list(dict.fromkeys(r["image"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    cell = {(r["image"], r["method"]): r for r in rows}
+    if task == "denoise":
+        title = "## Denoising low-dose STEM and SEM images (every method sees only the noisy image)"
+        intro = [f"Poisson-Gaussian noise at {run['dose']:g} electrons per unit intensity plus read noise {run['read']:g} "
+                 "was added to each image (unit intensity: 1st percentile 0.05, 99.8th 1). NLM and BM3D run on the "
+                 "variance-stabilised image (generalised Anscombe, given the true noise parameters, an advantage the "
+                 f"learned methods do not have); N2V is careamics' Noise2Void ({run['n2v']['epochs']} epochs x "
+                 f"{run['n2v']['steps_per_epoch']} batches of {run['n2v']['batch']} patches of {run['n2v']['patch']} px); "
+                 f"ours is `emssl finetune --task denoise` with every default ({run['steps']} steps, bundled weights) and "
+                 "ours_random the same from random weights."]
+    else:
+        title = "## Super-resolution x2 of STEM and SEM images (from the downscaled image alone)"
+        intro = ["Each image was area-downscaled by 2; every method restores the full resolution from that alone. Ours is "
+                 f"`emssl finetune --task superres` with every default ({run['steps']} steps, bundled weights, pairs made "
+                 "by downscaling the input once more); ours_random is the same self-supervised network without pretraining."]
+    lines = [title, ""] + intro + ["", "PSNR in dB (data range of the clean reference) / SSIM / seconds (training and prediction):", "",
+                                   "| image | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for image in images:
+        cells = []
+        for m in methods:
+            r = cell.get((image, m))
+            cells.append(f"{r['psnr']:.2f} / {r['ssim']:.3f} / {r['seconds']:.0f} s" if r else "-")
+        lines.append(f"| {image} | " + " | ".join(cells) + " |")
+    margins = []
+    for image in images:
+        ours = cell.get((image, "ours"))
+        base = [cell[(image, b)] for b in BASELINES[task] if (image, b) in cell]
+        if ours and base:
+            best = max(base, key=lambda r: r["psnr"])
+            margins.append((image, ours["psnr"] - best["psnr"], best["method"]))
+    if margins:
+        mean = sum(m[1] for m in margins) / len(margins)
+        per = ", ".join(f"{i} {d:+.2f} dB vs {b}" for i, d, b in margins)
+        lines += ["", f"Measured: ours minus the best baseline per image: {per}; mean {mean:+.2f} dB."]
+        pre = [(i, cell[(i, "ours")]["psnr"] - cell[(i, "ours_random")]["psnr"]) for i in images
+               if (i, "ours") in cell and (i, "ours_random") in cell]
+        if pre:
+            lines.append("Pretrained minus random initialisation (same training): "
+                         + ", ".join(f"{i} {d:+.2f} dB" for i, d in pre) + ".")
+    lines += ["", f"Device: {run['device']}. Images: " + "; ".join(f"{k}: {v}" for k, v in run["images"].items()) + ".",
+              f"Command (with `EMSSL_DATA=../shared/data PYTHONPATH=.bench-site:src` in front): `{run['command']}`."]
+    return lines
+
+
+def plot_restoration(run: dict) -> str:
+    rows = run["rows"]
+    images = list(dict.fromkeys(r["image"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    cell = {(r["image"], r["method"]): r["psnr"] for r in rows}
+    fig, ax = plt.subplots(figsize=(7.5, 3.5))
+    width = 0.8 / len(methods)
+    for k, m in enumerate(methods):
+        xs = [i + (k - (len(methods) - 1) / 2) * width for i in range(len(images))]
+        ax.bar(xs, [cell.get((im, m), 0.0) for im in images], width=width, label=m)
+    ax.set_xticks(range(len(images)), images, fontsize=8)
+    ax.set_ylabel("PSNR (dB)")
+    lo = min(cell.values())
+    ax.set_ylim(max(0.0, lo - 3.0), max(cell.values()) + 1.5)
+    ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    name = f"images/restoration_{run['task']}.png"
+    fig.savefig(DOCS / name, dpi=120)
+    return name
 
 
 def main() -> None:
@@ -252,6 +340,10 @@ def main() -> None:
     sweep = _runs("sweep_defaults") + _runs("sweep_lr_bundled")
     if sweep:
         lines += [""] + sweep_section(sweep)
+    for task in ("denoise", "superres"):
+        run = _restoration_runs(task)
+        if run:
+            lines += [""] + restoration_section(run) + ["", f"![PSNR per image and method]({plot_restoration(run)})"]
     bundled = bundled_section()
     if bundled:
         lines += [""] + bundled

@@ -232,7 +232,7 @@ def predict(args) -> int:
     from .engine.model_dir import load_model
 
     config = PredictConfig(device=args.device, tile=args.tile, batch_size=args.batch_size, probabilities=args.probabilities,
-                           keep_dtype=args.keep_dtype)
+                           keep_dtype=args.keep_dtype, tta=args.tta)
     resolve_device(config.device)  # a device that is not there fails once, before any input is read
     if args.target and len(args.input) != 1:
         raise InputError("--target scores one input; give a single --input with it")

@@ -38,7 +38,7 @@ from .data.validate import check_image
 from .engine.cancel import CancelToken
 from .engine.device import resolve_device
 from .engine.events import Event, PredictionTile, Preview, RunCancelled, RunFinished, RunStarted
-from .engine.model_dir import TrainedModel, build_meta, load_model
+from .engine.model_dir import TrainedModel, build_meta
 from .engine.predictor import choose_tiling, count_tiles, forward_fn
 from .engine.trainer import TrainState, train
 from .errors import InputError, ModelFormatError
@@ -290,6 +290,23 @@ def _target_metrics(restore_plane, image, target, norm, stats, task, factor) -> 
 
 # ---------------------------------------------------------------------------------------------- apply
 
+DIHEDRAL = tuple((k, flip) for flip in (False, True) for k in range(4))  # (quarter turns, mirrored): identity first
+
+
+def _dihedral(plane: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    view = plane[:, ::-1] if flip else plane
+    return np.ascontiguousarray(np.rot90(view, k))
+
+
+def _dihedral_inverse(plane: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    view = np.rot90(plane, -k)
+    return np.ascontiguousarray(view[:, ::-1] if flip else view)
+
+
+def _view_shape(shape: tuple[int, ...], k: int) -> tuple[int, ...]:
+    return tuple(shape[:-2]) + ((shape[-1], shape[-2]) if k % 2 else (shape[-2], shape[-1]))
+
+
 
 def restore_normalized(fn, plane: np.ndarray, task: str, factor: int, *, tile: int, overlap: int, multiple: int,
                        batch_size: int = 4, cancel: CancelToken | None = None) -> np.ndarray:
@@ -341,9 +358,10 @@ def iter_predict_restoration(
     normalization = model.meta.get("normalization") or NORMALIZATION
     tile, overlap = choose_tiling(int(model.meta.get("receptive_field", net.receptive_field)), config.tile, multiple, config.overlap)
     out_shape = _expected_target_shape(image.shape, factor)
-    total = count_tiles(out_shape, tile, overlap)
+    views = DIHEDRAL if config.tta else DIHEDRAL[:1]
+    total = sum(count_tiles(_view_shape(out_shape, k), tile, overlap) for k, _ in views)
     yield RunStarted(kind="predict", total_steps=total, device=str(device),
-                     info={"task": task, "tile": tile, "overlap": overlap, "factor": factor})
+                     info={"task": task, "tile": tile, "overlap": overlap, "factor": factor, "tta": bool(config.tta)})
     started = time.perf_counter()
     norm, stats = percentile_normalize(image, normalization["low"], normalization["high"])
     fn = forward_fn(net, device, amp=config.amp, activation="none")
@@ -351,19 +369,24 @@ def iter_predict_restoration(
     outs, done = [], 0
     try:
         for plane in planes:
-            grid, run = plane, fn
-            if task == "superres":
-                grid, run = superres.upscale_input(plane, factor), superres.residual_fn(fn)
-            tiles = iter_tiled(run, grid, out_channels=1, tile=tile, overlap=overlap, batch_size=config.batch_size,
-                               size_multiple=multiple, cancel=cancel)
-            while True:
-                try:
-                    plane_done, _ = next(tiles)
-                except StopIteration as stop:
-                    outs.append(stop.value[0])
-                    done += plane_done
-                    break
-                yield PredictionTile(done=done + plane_done, total=total)
+            acc = None
+            for k, flip in views:
+                view = _dihedral(plane, k, flip)
+                grid, run = view, fn
+                if task == "superres":
+                    grid, run = superres.upscale_input(view, factor), superres.residual_fn(fn)
+                tiles = iter_tiled(run, grid, out_channels=1, tile=tile, overlap=overlap, batch_size=config.batch_size,
+                                   size_multiple=multiple, cancel=cancel)
+                while True:
+                    try:
+                        view_done, _ = next(tiles)
+                    except StopIteration as stop:
+                        back = _dihedral_inverse(stop.value[0], k, flip)
+                        acc = back if acc is None else acc + back
+                        done += view_done
+                        break
+                    yield PredictionTile(done=done + view_done, total=total)
+            outs.append(acc / len(views))
     except Cancelled:
         yield RunCancelled(step=done, seconds=time.perf_counter() - started)
         return

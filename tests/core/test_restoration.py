@@ -213,3 +213,29 @@ def test_metrics_known_values():
     assert psnr(ref, ref) == np.inf
     assert psnr(ref, ref + 0.1, data_range=1.0) == pytest.approx(20.0, abs=1e-6)
     assert ssim(ref, ref) == pytest.approx(1.0)
+
+
+def test_dihedral_views_invert_exactly():
+    from napari_emssl.restoration import DIHEDRAL, _dihedral, _dihedral_inverse
+
+    plane = np.arange(12.0).reshape(3, 4)
+    views = [_dihedral(plane, k, f) for k, f in DIHEDRAL]
+    assert len({v.tobytes() + bytes(v.shape) for v in views}) == 8  # eight different views
+    for (k, f), v in zip(DIHEDRAL, views):
+        np.testing.assert_array_equal(_dihedral_inverse(v, k, f), plane)
+
+
+def test_test_time_augmentation_averages_the_eight_views(tiny_config):
+    _, image = _clean_and_noisy(seed=7, shape=(48, 64), sigma=5.0)
+    model = api.finetune(image, config=tiny_config(task="superres", steps=1, lr=1e-12)).model  # = bicubic: symmetric
+    plain = api.predict(model, image, PredictConfig(device="cpu"))
+    events = list(api.iter_predict(model, image, PredictConfig(device="cpu", tta=True)))
+    tta = events[-1].result
+    assert tta.image.shape == plain.image.shape == (96, 128)
+    np.testing.assert_allclose(tta.image, plain.image, atol=1e-3 * float(np.ptp(image)))
+    info = events[0].info
+    assert info["tta"] is True and events[0].total_steps == 8 * api.count_tiles((96, 128), info["tile"], info["overlap"])
+    denoiser = api.finetune(image, config=tiny_config(task="denoise", steps=3)).model
+    a = api.predict(denoiser, image, PredictConfig(device="cpu", tta=True)).image
+    b = api.predict(denoiser, image, PredictConfig(device="cpu")).image
+    assert a.shape == b.shape and not np.allclose(a, b)  # a real network is not symmetric: the views differ

@@ -13,7 +13,6 @@ widget finds it. A model pretrained by the Pretrain widget docked in the same vi
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -40,7 +39,7 @@ from ..config import FinetuneConfig
 from ..data.labels import check_trainable
 from ..data.validate import check_image, check_labels
 from ..engine.events import Preview, RunCancelled, RunFinished, RunStarted, StepEnd
-from ..engine.model_dir import META_NAME, TrainedModel
+from ..engine.model_dir import TrainedModel
 from ..errors import EmsslError, InputError
 from ..models import DEFAULT_SEGMENT_ARCH, list_models
 from ._controls import FolderEdit, LayerCombo, RunControls, device_combo, format_seconds, spin_box
@@ -55,15 +54,14 @@ from ._layers import (
     upsert_labels,
     upsert_restored,
 )
+from ._init_choice import INITS, ChoosesInit
 from ._loss_plot import LossPlot
 from ._task_controls import TaskRows
 from ._worker import EndsTrainingRun, Failure, RunBridge, StopsRunOnClose, show_error, show_info
 
-INITS = (("bundled pretrained weights", "bundled"), ("random weights", "random"), ("a model folder…", "folder"))
-PRETRAINED = "pretrained"  # init choice: the folder of the Pretrain widget's last run
 
 
-class FinetuneWidget(EndsTrainingRun, StopsRunOnClose, QWidget):
+class FinetuneWidget(ChoosesInit, EndsTrainingRun, StopsRunOnClose, QWidget):
     """Fine-tune a network: segmentation on painted labels (0 unpainted, 1 background, 2.. classes) or restoration."""
 
     run_noun = "fine-tuning"
@@ -194,41 +192,6 @@ class FinetuneWidget(EndsTrainingRun, StopsRunOnClose, QWidget):
             weights = "no bundled pretrained weights: starts from random"
         self.arch_info.setText(f"receptive field {info.receptive_field} px · {weights}")
 
-    def pretrained_dir(self) -> str | None:
-        """The model folder of the last run of a Pretrain widget docked in this viewer, if any."""
-        for widget in docked_widgets(self.viewer):
-            folder = getattr(widget, "result_dir", None)
-            if widget is not self and isinstance(folder, str) and folder:
-                return folder
-        return None
-
-    def refresh_pretrained(self) -> None:
-        """Offer (or update) "pretrained: <folder>" as a starting point; called when a pretraining ends."""
-        folder = self.pretrained_dir()
-        index = self.init_combo.findData(PRETRAINED)
-        if folder is None:
-            if index >= 0:
-                self.init_combo.removeItem(index)
-            return
-        text = f"pretrained: {folder}"
-        if index < 0:  # new: offered first and chosen (the natural next step after pretraining)
-            self.init_combo.insertItem(0, text, PRETRAINED)
-            self.init_combo.setItemData(0, folder, 3)  # 3 = ToolTipRole
-            self.init_combo.setCurrentIndex(0)
-        else:
-            self.init_combo.setItemText(index, text)
-            self.init_combo.setItemData(index, folder, 3)
-        self._on_init_changed()
-
-    def _on_init_changed(self, *_) -> None:
-        init = self.init_combo.currentData()
-        self.init_folder.setVisible(init == "folder")
-        folder = self.pretrained_dir() if init == PRETRAINED else None
-        if folder:  # show the network the pretrained weights are for (config() uses it anyway)
-            arch, _ = _folder_arch(folder, self.arch_combo.currentText())
-            if self.arch_combo.findText(arch) >= 0:
-                self.arch_combo.setCurrentText(arch)
-
     def showEvent(self, event) -> None:  # noqa: N802 - Qt override
         self.refresh_pretrained()
         super().showEvent(event)
@@ -237,18 +200,7 @@ class FinetuneWidget(EndsTrainingRun, StopsRunOnClose, QWidget):
 
     def config(self) -> FinetuneConfig:
         """The run's settings as chosen in the widget (plus :attr:`config_overrides`)."""
-        init, arch, arch_kwargs = self.init_combo.currentData(), self.arch_combo.currentText(), {}
-        if init == "folder":
-            init = self.init_folder.path()
-            if not init:
-                raise InputError("Choose the model folder to start from, or start from the bundled or random weights.")
-            arch, arch_kwargs = _folder_arch(init, arch)
-        elif init == PRETRAINED:
-            init = self.pretrained_dir()
-            if not init:
-                raise InputError("The pretrained model is no longer available (the Pretrain widget was closed); "
-                                 "choose its folder with \"a model folder…\".")
-            arch, arch_kwargs = _folder_arch(init, arch)
+        init, arch, arch_kwargs = self.chosen_init()
         values = dict(task=self.task_rows.task(), factor=self.task_rows.factor() if self.task_rows.task() == "superres" else 2,
                       arch=arch, arch_kwargs=arch_kwargs, init=init, steps=self.steps_spin.value(),
                       device=self.device_combo.currentText(), batch_size=self.batch_spin.value(),
@@ -439,11 +391,3 @@ class FinetuneWidget(EndsTrainingRun, StopsRunOnClose, QWidget):
             refresh = getattr(widget, "refresh_model_info", None)
             if widget is not self and callable(refresh):
                 refresh()
-
-def _folder_arch(folder: str, fallback: str) -> tuple[str, dict]:
-    """Architecture and its settings of the model in ``folder`` (the core reports bad folders)."""
-    try:
-        meta = json.loads((Path(folder) / META_NAME).read_text())
-        return str(meta["arch"]), dict(meta.get("arch_kwargs") or {})
-    except (OSError, ValueError, KeyError, TypeError):
-        return fallback, {}

@@ -136,6 +136,7 @@ class PredictConfig:
     amp: bool = True
     probabilities: bool = False  # also return per-class probabilities (segmentation)
     keep_dtype: bool = False  # restoration: return the input's dtype (rounded, clipped to its range) instead of float32
+    tta: bool = False  # restoration: average the 8 flips/rotations of each slice (8x the prediction time)
 
     def __post_init__(self) -> None:
         _check_device(self.device)
