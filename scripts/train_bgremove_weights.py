@@ -64,7 +64,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bundled" / NAME)
     parser.add_argument("--ship", action="store_true", help="store the weights and card in the package's zoo")
+    parser.add_argument("--ship-only", action="store_true",
+                        help="no training: ship the model already saved in --out by an earlier run of this script")
     args = parser.parse_args()
+    if args.ship_only:
+        ship_saved(args.out)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -104,23 +109,35 @@ def main() -> None:
                                "finetune": {"source": "synthetic STEM pairs (napari_emssl.data.synthetic)", "steps": state.step,
                                             "completed": True, "mode": "synthetic pairs"}},
                       metrics={"synthetic_validation": val})
+    meta["train"] = {"seconds": round(seconds, 1), "batch_size": args.batch_size, "patch": args.patch, "device": device_name,
+                     "command": command, "final_losses": final}
     TrainedModel(net=net, meta=meta, log=state.log).save(args.out)
     print(f"saved {args.out}", flush=True)
-    if not args.ship:
-        return
+    if args.ship:
+        ship_saved(args.out)
+
+
+def ship_saved(run: Path) -> None:
+    """Half-precision weights and the model card of the run saved in ``run``, first in the zoo's index."""
+    from napari_emssl.engine.model_dir import load_model
+
+    model = load_model(run)
+    net, meta = model.net, model.meta
+    train, steps = meta["train"], meta["lineage"]["finetune"]["steps"]
+    val = meta["metrics"]["synthetic_validation"]
     half = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in net.state_dict().items()}
     target = ZOO / f"{NAME}.safetensors"
     save_file(half, str(target), metadata={"name": NAME, "arch": ARCH, "method": "synthetic-bgremove"})
     card = {
         "name": NAME, "file": target.name, "arch": ARCH, "arch_kwargs": dict(net.arch_kwargs), "method": "synthetic-bgremove",
         "tasks": ["bgremove"], "task_note": "trained for noise and background removal only",
-        "steps": state.step, "completed": True, "seconds": round(seconds, 1), "batch_size": args.batch_size, "patch": args.patch,
-        "patches_per_s": state.step * args.batch_size / seconds, "device": device_name, "final_losses": final,
-        "validation": val, "init": INIT,
+        "steps": steps, "completed": True, "seconds": train["seconds"], "batch_size": train["batch_size"], "patch": train["patch"],
+        "patches_per_s": steps * train["batch_size"] / train["seconds"], "device": train["device"],
+        "final_losses": train["final_losses"], "validation": val, "init": INIT,
         "data": [{"path": "synthetic (napari_emssl.data.synthetic, seeded)", "licence": "none: generated"}],
         "data_note": "synthetic atomic-resolution STEM pairs only, plus the GAN-pretrained generator it started from",
-        "command": command, "driver": command,
-        "budget_note": "trained without a GPU on the CPU" if not kind.startswith("cuda") else "trained on a GPU",
+        "command": train["command"], "driver": train["command"],
+        "budget_note": "trained on a GPU" if "CPU" not in train["device"] else "trained without a GPU, on the CPU",
         "licence_note": f"the starting weights ({INIT}) derive from the data in their card",
         "stored_as": "float16", "sha256": hashlib.sha256(target.read_bytes()).hexdigest(), "bytes": target.stat().st_size,
         "tensors": len(half),

@@ -319,10 +319,10 @@ def _no_bundled_note(task: str, arch: str, arch_kwargs: dict[str, Any]) -> str:
     """Why ``--init bundled`` found nothing for this task and network (said to the user; the run starts from random)."""
     from . import zoo
 
-    for entry in zoo.bundled_for_network(arch, arch_kwargs):
-        reason = entry.card.get("task_note") or f"they are meant for {', '.join(entry.tasks)}"
-        return f"the bundled {entry.method} weights for {arch!r} are not used for {task!r}: {reason}"
-    return f"no bundled pretrained weights for {arch!r} with options {arch_kwargs}"
+    notes = [f"the bundled {entry.method} weights for {arch!r} are not used for {task!r}: "
+             + (entry.card.get("task_note") or f"they are meant for {', '.join(entry.tasks)}")
+             for entry in zoo.bundled_for_network(arch, arch_kwargs)]
+    return "; ".join(notes) if notes else f"no bundled pretrained weights for {arch!r} with options {arch_kwargs}"
 
 
 def _pretrained_network(config: FinetuneConfig, num_classes: int) -> tuple[torch.nn.Module, dict[str, Any]]:
