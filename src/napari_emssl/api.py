@@ -250,17 +250,8 @@ def iter_finetune(
         info={"arch": net.arch_name, "classes": classes, "painted_pixels": painted_per_class, "painted_slices": slices,
               "patch_size": patch, "receptive_field": net.receptive_field, **init_info},
     )
-    state = TrainState()
-    started = time.perf_counter()
-    try:
-        yield from train(
-            net, loss_fn, total_steps=total_steps, device=device, lr=config.lr, weight_decay=config.weight_decay,
-            amp=config.amp, cancel=cancel, preview_fn=preview_fn if config.preview_every_s > 0 else None,
-            preview_every_s=config.preview_every_s, state=state,
-        )
-    except Cancelled:
-        state.cancelled = True
-    net.eval()
+    state, started = TrainState(), time.perf_counter()
+    yield from _train_events(net, loss_fn, config, total_steps, device, cancel, preview_fn, state)
     meta = build_meta(
         net, task="segment", out_channels=num_classes, classes=list(range(1, num_classes + 1)),
         normalization=dict(NORMALIZATION), tile=tile, overlap=overlap, seed=config.seed,
@@ -270,7 +261,25 @@ def iter_finetune(
         metrics={"train_painted_dice": _painted_dice(fn, norm, labels, slices, num_classes, tile, overlap, net.size_multiple)}
         if not state.cancelled else {},
     )
-    model = TrainedModel(net=net.cpu(), meta=meta, log=state.log or [])
+    yield from _finish_events(TrainedModel(net=net.cpu(), meta=meta, log=state.log or []), out_dir, state, started)
+
+
+def _train_events(net, loss_fn, config: FinetuneConfig, total_steps: int, device, cancel, preview_fn,
+                  state: TrainState) -> Iterator[Event]:
+    """The fine-tuning loop with the config's optimiser settings; a stop (also inside a preview) ends it cleanly."""
+    try:
+        yield from train(
+            net, loss_fn, total_steps=total_steps, device=device, lr=config.lr, weight_decay=config.weight_decay,
+            amp=config.amp, cancel=cancel, preview_fn=preview_fn if config.preview_every_s > 0 else None,
+            preview_every_s=config.preview_every_s, state=state,
+        )
+    except Cancelled:
+        state.cancelled = True
+    net.eval()
+
+
+def _finish_events(model: TrainedModel, out_dir: str | None, state: TrainState, started: float) -> Iterator[Event]:
+    """Save the model (also when stopped: nothing trained is lost) and end the run."""
     saved = str(model.save(out_dir)) if out_dir else None
     result = FinetuneResult(model=model, model_dir=saved, steps=state.step, seconds=time.perf_counter() - started)
     if state.cancelled:

@@ -40,7 +40,7 @@ from .engine.device import resolve_device
 from .engine.events import Event, PredictionTile, Preview, RunCancelled, RunFinished, RunStarted
 from .engine.model_dir import TrainedModel, build_meta
 from .engine.predictor import choose_tiling, count_tiles, forward_fn
-from .engine.trainer import TrainState, train
+from .engine.trainer import TrainState
 from .errors import InputError, ModelFormatError
 from .tasks import bgremove, denoise, superres
 from .tasks.metrics import restoration_metrics
@@ -184,7 +184,7 @@ def iter_finetune_restoration(
     the result's metrics hold PSNR/SSIM of the restored image and of the input (the
     baseline: the noisy image, or its bicubic upscaling) against the target.
     """
-    from .api import _initial_network  # the same initialisation rules as segmentation
+    from .api import _finish_events, _initial_network, _train_events  # the same rules as segmentation
 
     task = config.task
     if task not in RESTORATION_TASKS:
@@ -226,17 +226,8 @@ def iter_finetune_restoration(
         info={"task": task, "arch": net.arch_name, "patch_size": patch, "receptive_field": net.receptive_field,
               "factor": factor, **mode_info, **init_info},
     )
-    state = TrainState()
-    started = time.perf_counter()
-    try:
-        yield from train(
-            net, loss_fn, total_steps=total_steps, device=device, lr=config.lr, weight_decay=config.weight_decay,
-            amp=config.amp, cancel=cancel, preview_fn=preview_fn if config.preview_every_s > 0 else None,
-            preview_every_s=config.preview_every_s, state=state,
-        )
-    except Cancelled:
-        state.cancelled = True
-    net.eval()
+    state, started = TrainState(), time.perf_counter()
+    yield from _train_events(net, loss_fn, config, total_steps, device, cancel, preview_fn, state)
     metrics: dict[str, Any] = {}
     if target is not None and not state.cancelled:
         metrics = _target_metrics(restore_plane, image, target, norm, stats, task, factor)
@@ -247,15 +238,7 @@ def iter_finetune_restoration(
                                                  **mode_info, "steps": state.step, "completed": not state.cancelled}},
         metrics=metrics,
     )
-    from .api import FinetuneResult
-
-    model = TrainedModel(net=net.cpu(), meta=meta, log=state.log or [])
-    saved = str(model.save(out_dir)) if out_dir else None
-    result = FinetuneResult(model=model, model_dir=saved, steps=state.step, seconds=time.perf_counter() - started)
-    if state.cancelled:
-        yield RunCancelled(step=state.step, seconds=result.seconds, result=result)
-    else:
-        yield RunFinished(result=result, seconds=result.seconds)
+    yield from _finish_events(TrainedModel(net=net.cpu(), meta=meta, log=state.log or []), out_dir, state, started)
 
 
 def _total_steps(config: FinetuneConfig, image: np.ndarray, patch: int) -> int:
