@@ -18,7 +18,9 @@ method sees only the noisy image:
   - ``bm3d``: the ``bm3d`` package (Mäkitalo & Foi's BM3D) on the same stabilised image with
     sigma 1 and the same inverse;
   - ``n2v``: Noise2Void from ``careamics`` (its default UNet, N2V masking), trained on the
-    noisy image for ``--n2v-epochs`` x ``--n2v-steps`` batches of 16 patches of 64 px;
+    noisy image for ``--n2v-epochs`` x ``--n2v-steps`` batches of 16 patches of 64 px (20 x 60:
+    as many pixels as our 600 steps of 8 patches of 128 px), and ``n2v_long`` for
+    ``--n2v-long-epochs`` (100: about the wall time of ours on this CPU);
   - ``ours``: ``emssl finetune --task denoise`` with every default (bundled GAN-pretrained
     residual U-Net, blind-spot self-supervision, 600 steps) and ``ours_random`` the same
     from random weights.
@@ -123,7 +125,7 @@ def run_bm3d(noisy, dose, read, **_):
     return inverse_gat(np.asarray(bm3d.bm3d(z, sigma_psd=1.0), np.float32), alpha, read)
 
 
-def run_n2v(noisy, args, **_):
+def run_n2v(noisy, args, epochs=None, **_):
     import logging
     import tempfile
 
@@ -133,7 +135,7 @@ def run_n2v(noisy, args, **_):
     from careamics.config import create_n2v_config
 
     config = create_n2v_config(experiment_name="n2v_benchmark", data_type="array", axes="YX", patch_size=[64, 64],
-                               batch_size=16, num_epochs=args.n2v_epochs, num_steps=args.n2v_steps)
+                               batch_size=16, num_epochs=epochs or args.n2v_epochs, num_steps=args.n2v_steps)
     with tempfile.TemporaryDirectory() as work:
         model = CAREamist(config, work_dir=work, enable_progress_bar=False)
         model.train(train_data=noisy)
@@ -143,7 +145,8 @@ def run_n2v(noisy, args, **_):
 
 def run_ours(noisy, args, init="bundled", **_):
     """Fine-tune with the task's defaults, predict; with ``--tta`` also the 8-view average (row ``<method>_tta``)."""
-    config = FinetuneConfig(task=args.task, init=init, device=args.device, preview_every_s=0, steps=args.steps, seed=args.seed)
+    config = FinetuneConfig(task=args.task, init=init, device=args.device, preview_every_s=0, steps=args.steps, seed=args.seed,
+                            mask_fraction=args.mask_fraction)
     result = api.finetune(noisy, config=config)
     out = api.predict(result.model, noisy, PredictConfig(device=args.device))
     extra = {"init": result.model.meta["lineage"]["init"].get("init"), "steps": result.steps,
@@ -158,7 +161,9 @@ def run_bicubic(low, **_):
     return upscale_bicubic(low, 2)
 
 
+DEFAULT_DENOISERS = ("noisy", "nlm", "bm3d", "n2v", "ours", "ours_random")
 DENOISERS = {"noisy": lambda noisy, **_: noisy, "nlm": run_nlm, "bm3d": run_bm3d, "n2v": run_n2v,
+             "n2v_long": lambda noisy, args, **kw: run_n2v(noisy, args, epochs=args.n2v_long_epochs),
              "ours": run_ours, "ours_random": lambda noisy, args, **kw: run_ours(noisy, args, init="random")}
 UPSCALERS = {"bicubic": run_bicubic, "ours": lambda low, args, **_: run_ours(low, args),
              "ours_random": lambda low, args, **_: run_ours(low, args, init="random")}
@@ -174,6 +179,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="our fine-tuning steps (default: the task's default)")
     parser.add_argument("--n2v-epochs", type=int, default=10)
     parser.add_argument("--n2v-steps", type=int, default=60, help="batches per N2V epoch")
+    parser.add_argument("--n2v-long-epochs", type=int, default=100, help="epochs of the n2v_long method (about our wall time)")
+    parser.add_argument("--mask-fraction", type=float, default=FinetuneConfig.mask_fraction,
+                        help="blind-spot fraction of our denoiser (default: the package default)")
     parser.add_argument("--tta", action="store_true", help="also score our models with the 8-view test-time average")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--device", default="cpu")
@@ -183,7 +191,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     methods = DENOISERS if args.task == "denoise" else UPSCALERS
-    chosen = args.methods or list(methods)
+    chosen = args.methods or (list(DEFAULT_DENOISERS) if args.task == "denoise" else list(methods))
     out_path = args.out or HERE / "results" / f"restoration_{args.task}.json"
     rows = []
     for name in args.images:
@@ -213,7 +221,8 @@ def main() -> None:
             out_path.write_text(json.dumps({
                 "task": args.task, "images": {k: IMAGES[k][1] for k in args.images}, "dose": args.dose, "read": args.read,
                 "steps": args.steps or FinetuneConfig(task=args.task).default_steps, "n2v": {"epochs": args.n2v_epochs,
-                "steps_per_epoch": args.n2v_steps, "batch": 16, "patch": 64}, "seed": args.seed,
+                "steps_per_epoch": args.n2v_steps, "long_epochs": args.n2v_long_epochs, "batch": 16, "patch": 64},
+                "seed": args.seed, "mask_fraction": args.mask_fraction,
                 "device": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, "
                           f"{torch.get_num_threads()} threads",
                 "package_version": __version__, "command": "python benchmarks/restoration.py " + " ".join(sys.argv[1:]),

@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--lr", type=float, default=2e-3)
     ft.add_argument("--seed", type=int, default=0)
     ft.add_argument("--factor", type=int, choices=(2, 4), default=2, help="super-resolution factor")
+    ft.add_argument("--mask-fraction", type=float, default=0.01,
+                    help="self-supervised denoising: fraction of pixels hidden from the network per patch (default 0.01)")
     common(ft)
 
     pr = sub.add_parser("predict", help="apply a model directory to images; writes OUT/<input stem>.tif")

@@ -239,3 +239,21 @@ def test_test_time_augmentation_averages_the_eight_views(tiny_config):
     a = api.predict(denoiser, image, PredictConfig(device="cpu", tta=True)).image
     b = api.predict(denoiser, image, PredictConfig(device="cpu")).image
     assert a.shape == b.shape and not np.allclose(a, b)  # a real network is not symmetric: the views differ
+
+
+def test_mean_replacement_leaves_out_masked_neighbours():
+    """Two adjacent masked pixels: neither replacement may hold the other's (or its own) value."""
+    images = torch.zeros(1, 1, 8, 8)
+    images[0, 0, 3, 3], images[0, 0, 3, 4] = 800.0, 160.0
+    mask = torch.zeros(1, 1, 8, 8, dtype=torch.bool)
+    mask[0, 0, 3, 3] = mask[0, 0, 3, 4] = True
+    import napari_emssl.tasks.denoise as dn
+
+    original = dn.blind_spot_mask
+    dn.blind_spot_mask = lambda *a, **k: mask
+    try:
+        masked, _ = dn.blind_spot_batch(images, 0.5)
+    finally:
+        dn.blind_spot_mask = original
+    assert masked[0, 0, 3, 3] == 0.0 and masked[0, 0, 3, 4] == 0.0  # their unmasked neighbours are all 0
+    assert masked[0, 0, 2, 3] == 0.0  # unmasked pixels are untouched

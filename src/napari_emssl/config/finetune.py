@@ -66,6 +66,7 @@ class FinetuneConfig:
     preview_every_s: float = 10.0  # 0 disables live previews
     tile: int = 256
     factor: int = 2  # super-resolution only: 2 or 4
+    mask_fraction: float = 0.01  # self-supervised denoising: fraction of pixels masked (blind spots) per patch
     schema_version: int = SCHEMA_VERSION
 
     DEFAULT_STEPS = 600
@@ -88,6 +89,9 @@ class FinetuneConfig:
         _positive_int("tile", self.tile)
         if isinstance(self.factor, bool) or self.factor not in FACTORS:
             raise InputError(f"factor (super-resolution) must be one of {', '.join(map(str, FACTORS))}, got {self.factor!r}")
+        _number("mask_fraction", self.mask_fraction)
+        if not 0.0 < self.mask_fraction <= 0.25:
+            raise InputError(f"mask_fraction must be in (0, 0.25], got {self.mask_fraction}")
         if self.patch_size < 16:
             raise InputError(f"patch_size must be at least 16 pixels, got {self.patch_size}")
         for name in ("lr", "weight_decay", "dice_weight", "preview_every_s"):

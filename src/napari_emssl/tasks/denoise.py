@@ -13,10 +13,11 @@ Choices here, against known artefacts:
   ``s x s`` grid whose origin is shifted at random per sample (``s = round(1/sqrt(fraction))``),
   so the coverage is even but there is no regular lattice of masked pixels (a fixed grid
   is what leaves checkerboard artefacts);
-- the replacement never contains the pixel itself: the mean of its 8 neighbours (the
-  Noise2Self "donut" interpolation, default) or one of its 8 neighbours chosen at random
-  (Noise2Void without the centre); borders are mirrored without repeating the edge pixel,
-  so the centre is never its own neighbour.
+- the replacement never contains the pixel itself: the mean of its unmasked 8 neighbours
+  (the Noise2Self "donut" interpolation, default; masked neighbours are left out because
+  their own replacement holds this pixel's value) or one of its 8 neighbours chosen at
+  random (Noise2Void without the centre); borders are mirrored without repeating the edge
+  pixel, so the centre is never its own neighbour.
 
 Limits: noise that is correlated between neighbouring pixels (scan-line offsets, jitter,
 detector afterglow) is partly learned as signal and stays in the output.
@@ -104,11 +105,15 @@ def blind_spot_batch(
         raise InputError(f"blind-spot masking needs images of at least 2x2 pixels, got {h}x{w}")
     mask = blind_spot_mask(images.shape, fraction, generator=generator, device=images.device)
     if replace == "mean":
-        kernel = torch.ones(3, 3, dtype=images.dtype, device=images.device)
-        kernel[1, 1] = 0.0
-        kernel = (kernel / 8.0).expand(c, 1, 3, 3)
-        padded = F.pad(images, (1, 1, 1, 1), mode="reflect")  # mirrors without the edge pixel, like _reflect
-        values = F.conv2d(padded, kernel, groups=c)
+        # mean of the unmasked ones among the 8 neighbours: a masked neighbour's replacement holds this
+        # pixel's value, so using it would leak the value the network must not see
+        kernel = torch.ones(1, 1, 3, 3, dtype=images.dtype, device=images.device)
+        kernel[..., 1, 1] = 0.0
+        keep = (~mask).to(images.dtype)
+        pad = (1, 1, 1, 1)
+        total = F.conv2d(F.pad(images * keep, pad, mode="reflect").reshape(b * c, 1, h + 2, w + 2), kernel).reshape(b, c, h, w)
+        count = F.conv2d(F.pad(keep, pad, mode="reflect"), kernel)  # mirrors without the edge pixel, like _reflect
+        values = total / count.clamp_min(1.0)
         return torch.where(mask, values, images), mask
     bi, _, yi, xi = mask.nonzero(as_tuple=True)
     gen_device = generator.device if generator is not None else images.device
