@@ -248,8 +248,12 @@ def _restoration_runs(task: str) -> dict | None:
         return None
     runs = [json.loads(p.read_text()) for p in paths]
     merged = dict(runs[0], rows=[row for r in runs for row in r["rows"]], images={})
+    merged["timing_note"] = next((r["timing_note"] for r in runs if r.get("timing_note")), None)
     for r in runs:
         merged["images"].update(r["images"])
+        if "n2v" in r:
+            merged["n2v"] = {**r["n2v"], **merged.get("n2v", {})} if "long_epochs" not in r["n2v"] else \
+                {**merged.get("n2v", {}), "long_epochs": r["n2v"]["long_epochs"]}
     commands = [r["command"] for r in runs]
     merged["command"] = "` and `".join(dict.fromkeys(commands))
     return merged
@@ -303,6 +307,8 @@ def restoration_section(run: dict) -> list[str]:
     if pre:
         lines += ["", "Pretrained minus random initialisation (same training, no test-time augmentation): "
                   + ", ".join(f"{i} {d:+.2f} dB" for i, d in pre) + "."]
+    if run.get("timing_note"):
+        lines += ["", f"Timing: {run['timing_note']}"]
     lines += ["", f"Device: {run['device']}. Images: " + "; ".join(f"{k}: {v}" for k, v in run["images"].items()) + ".",
               f"Command (with `EMSSL_DATA=../shared/data PYTHONPATH=.bench-site:src` in front): `{run['command']}`."]
     return lines
