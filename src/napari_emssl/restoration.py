@@ -160,11 +160,10 @@ def _loss_fn(config: FinetuneConfig, norm: np.ndarray, tnorm: np.ndarray | None,
     if tnorm is None:
         sampler = PatchSampler(norm, None, patch, seed=seed, noise=False)
         return superres.make_superres_loss_fn(sampler.sample, bs, device, factor), {"mode": "self-supervised (downscaled pairs)"}
-    low = _round_up(max(8, patch // factor), multiple // math.gcd(multiple, factor))
-    if min(norm.shape[-2:]) < low:
-        low = min(norm.shape[-2:]) // (multiple // math.gcd(multiple, factor)) * (multiple // math.gcd(multiple, factor))
-        if low < 1:
-            raise InputError(f"The image {norm.shape[-2:]} is too small for paired super-resolution with this network")
+    step = multiple // math.gcd(multiple, factor)  # low-resolution sides whose upscaling the network accepts
+    low = min(_round_up(max(8, patch // factor), step), min(norm.shape[-2:]) // step * step)
+    if low < 1:
+        raise InputError(f"The image {norm.shape[-2:]} is too small for paired super-resolution with this network")
     sampler = PairedPatchSampler(norm, tnorm, low, factor=factor, seed=seed, noise=False)
     return superres.make_superres_loss_fn(sampler.sample, bs, device, factor, paired=True), {"mode": "paired"}
 
@@ -292,14 +291,19 @@ def _view_shape(shape: tuple[int, ...], k: int) -> tuple[int, ...]:
 
 
 
+def _network_input(plane: np.ndarray, fn, task: str, factor: int):
+    """The grid the network runs on and the tiler function: superres upscales bicubically and adds the residual."""
+    if task == "superres":
+        return superres.upscale_input(plane, factor), superres.residual_fn(fn)
+    return plane, fn
+
+
 def restore_normalized(fn, plane: np.ndarray, task: str, factor: int, *, tile: int, overlap: int, multiple: int,
                        batch_size: int = 4, cancel: CancelToken | None = None) -> np.ndarray:
     """One normalised plane ``(Y, X)`` restored (``superres``: ``(Y * f, X * f)``), still normalised."""
     from .data.tiling import predict_tiled
 
-    grid, run = plane, fn
-    if task == "superres":
-        grid, run = superres.upscale_input(plane, factor), superres.residual_fn(fn)
+    grid, run = _network_input(plane, fn, task, factor)
     out = predict_tiled(run, grid, out_channels=1, tile=tile, overlap=overlap, batch_size=batch_size,
                         size_multiple=multiple, cancel=cancel)
     return out[0]
@@ -356,9 +360,7 @@ def iter_predict_restoration(
             acc = None
             for k, flip in views:
                 view = _dihedral(plane, k, flip)
-                grid, run = view, fn
-                if task == "superres":
-                    grid, run = superres.upscale_input(view, factor), superres.residual_fn(fn)
+                grid, run = _network_input(view, fn, task, factor)
                 tiles = iter_tiled(run, grid, out_channels=1, tile=tile, overlap=overlap, batch_size=config.batch_size,
                                    size_multiple=multiple, cancel=cancel)
                 while True:
