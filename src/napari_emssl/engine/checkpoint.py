@@ -35,7 +35,8 @@ from safetensors.torch import load_file, save_file
 
 from .. import __version__
 from ..errors import InputError, ModelFormatError
-from .model_dir import FORMAT_VERSION, LOG_NAME, META_NAME, WEIGHTS_NAME, _atomic_write, _json_default, _log_csv
+from .model_dir import (FORMAT_VERSION, LOG_NAME, META_NAME, PICKLE_SUFFIXES, WEIGHTS_NAME, _atomic_write, _json_default,
+                        _log_csv, pickle_note)
 
 CHECKPOINT_VERSION = 1
 CHECKPOINT_WEIGHTS = "checkpoint.safetensors"  # the weights file of folders written without a ``weights_file`` entry
@@ -141,9 +142,11 @@ def load_checkpoint(directory: str | os.PathLike) -> Checkpoint:
         raise InputError(f"no pretraining checkpoint in '{path}' (it needs {CHECKPOINT_META} and its weights file)")
     try:
         meta = json.loads(meta_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise InputError(f"the checkpoint '{meta_path}' is damaged (not valid JSON: {exc}); start a new run") from None
     name = meta.get("weights_file", CHECKPOINT_WEIGHTS) if isinstance(meta, dict) else CHECKPOINT_WEIGHTS
+    if isinstance(name, str) and Path(name).name == name and Path(name).suffix.lower() in PICKLE_SUFFIXES:
+        raise ModelFormatError(f"the checkpoint '{meta_path}' names the weights file {name!r}: {pickle_note(path / name)}")
     if not isinstance(name, str) or Path(name).name != name or not name.endswith(".safetensors"):
         raise InputError(f"the checkpoint '{meta_path}' is damaged: bad weights file name {name!r}")
     weights_path = path / name
@@ -162,6 +165,9 @@ def load_checkpoint(directory: str | os.PathLike) -> Checkpoint:
         with safe_open(str(weights_path), framework="pt") as fh:
             saved_step = (fh.metadata() or {}).get("step")
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        note = pickle_note(weights_path)
+        if note:  # not a damaged safetensors file but another format: refused, never unpickled
+            raise ModelFormatError(f"the checkpoint '{weights_path}' is not a safetensors file: {note}") from None
         raise InputError(f"the checkpoint '{weights_path}' is damaged ({exc}); start a new run") from None
     if saved_step != str(meta["step"]):
         raise InputError(f"the checkpoint files in '{path}' come from different saves (steps {saved_step} and {meta['step']})")
@@ -239,7 +245,7 @@ def read_pretrained(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[
         raise ModelFormatError(f"'{path}' is not a model directory: it needs {META_NAME} and {WEIGHTS_NAME}")
     try:
         meta = json.loads(meta_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ModelFormatError(f"{meta_path} is not valid JSON ({exc})") from None
     if not isinstance(meta, dict) or meta.get("task") != PRETRAIN_TASK:
         raise ModelFormatError(f"'{path}' does not hold pretrained weights (task {meta.get('task') if isinstance(meta, dict) else None!r})")
@@ -250,8 +256,9 @@ def read_pretrained(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[
         raise ModelFormatError(f"{meta_path} lacks the architecture (arch, arch_kwargs) the weights are meant for")
     try:
         state = load_file(str(weights_path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ModelFormatError(f"{weights_path} is not a readable safetensors file ({exc})") from None
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        note = pickle_note(weights_path)
+        raise ModelFormatError(f"{weights_path} is not a readable safetensors file" + (f": {note}" if note else f" ({exc})")) from None
     return meta, state
 
 
@@ -259,6 +266,6 @@ def is_pretrained_dir(directory: str | os.PathLike) -> bool:
     """True when ``directory/model.json`` says task ``pretrain``."""
     try:
         meta = json.loads((Path(directory) / META_NAME).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return False
     return isinstance(meta, dict) and meta.get("task") == PRETRAIN_TASK

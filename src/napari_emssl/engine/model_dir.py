@@ -21,12 +21,31 @@ from safetensors.torch import load_file, save_file
 
 from .. import __version__
 from ..errors import ModelFormatError
+from .model_schema import REQUIRED_KEYS, validate_model_meta
 
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
 META_NAME = "model.json"
 LOG_NAME = "log.csv"
-REQUIRED_KEYS = ("format_version", "arch", "arch_kwargs", "in_channels", "out_channels", "task")
+PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin", ".tar")
+
+
+def pickle_note(path: str | os.PathLike) -> str:
+    """Why a file that is not safetensors is refused, when it looks like a pickle (``torch.save``); else ``""``.
+
+    Only the first bytes are read: the file is never unpickled (unpickling runs code chosen by
+    whoever wrote the file).
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return ""
+    if head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")) or Path(path).suffix.lower() in PICKLE_SUFFIXES:
+        return ("it looks like a PyTorch/pickle file (torch.save); napari-emssl reads weights only from safetensors "
+                "and never unpickles files, because unpickling can run any code: convert it to a model directory "
+                "(model.safetensors + model.json) where it was made")
+    return ""
 
 
 @dataclass
@@ -83,36 +102,43 @@ def load_model(directory: str | os.PathLike, *, task: str | None = None, map_loc
     if path.is_file() and path.name in (WEIGHTS_NAME, META_NAME):
         path = path.parent
     meta_path, weights_path = path / META_NAME, path / WEIGHTS_NAME
+    if path.is_file():
+        note = pickle_note(path)
+        raise ModelFormatError(f"{str(path)!r} is a file, not a model directory" + (f": {note}" if note else
+                               f" (a folder with {META_NAME} and {WEIGHTS_NAME})"))
     if not path.is_dir():
         raise ModelFormatError(f"model directory {str(path)!r} does not exist")
     if not meta_path.is_file() or not weights_path.is_file():
-        raise ModelFormatError(f"{str(path)!r} is not a model directory: it needs {META_NAME} and {WEIGHTS_NAME}")
+        pickles = sorted(p.name for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+        raise ModelFormatError(f"{str(path)!r} is not a model directory: it needs {META_NAME} and {WEIGHTS_NAME}"
+                               + (f" ({', '.join(pickles)}: pickle files are never loaded, only safetensors)" if pickles else ""))
     try:
         meta = json.loads(meta_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ModelFormatError(f"{meta_path} is not valid JSON ({exc})") from None
     if isinstance(meta, dict) and meta.get("task") == "pretrain":
         raise ModelFormatError(
             f"{str(path)!r} holds self-supervised pretrained weights (method {meta.get('method')!r}), not a trained model: "
             f"fine-tune from it first (emssl finetune --init {path})"
         )
-    if not isinstance(meta, dict) or any(k not in meta for k in REQUIRED_KEYS):
-        missing = [k for k in REQUIRED_KEYS if not isinstance(meta, dict) or k not in meta]
+    if not isinstance(meta, dict):
+        raise ModelFormatError(f"{meta_path} must hold a JSON object, got {type(meta).__name__}")
+    missing = [k for k in REQUIRED_KEYS if k not in meta]
+    if missing:
         raise ModelFormatError(f"{meta_path} lacks required field(s): {', '.join(missing)}")
     version = meta["format_version"]
-    if version != FORMAT_VERSION:
+    if version != FORMAT_VERSION or isinstance(version, bool):
         raise ModelFormatError(
             f"{meta_path} has model format version {version!r}; this napari-emssl ({__version__}) reads version {FORMAT_VERSION}"
         )
-    if not isinstance(meta["arch_kwargs"], dict):
-        raise ModelFormatError(f"{meta_path}: arch_kwargs must be a JSON object, got {meta['arch_kwargs']!r}")
     from ..config import TASKS
 
-    if meta["task"] not in TASKS:
+    if not isinstance(meta["task"], str) or meta["task"] not in TASKS:
         raise ModelFormatError(
             f"the model in {str(path)!r} was trained for task {meta['task']!r}, which this napari-emssl ({__version__}) "
             f"does not know (it knows {', '.join(TASKS)})"
         )
+    validate_model_meta(meta, source=str(meta_path), tasks=TASKS)
     if meta["task"] != "segment" and meta["out_channels"] != 1:
         raise ModelFormatError(f"{meta_path}: a {meta['task']} model has one output channel, not {meta['out_channels']}")
     if task is not None and meta["task"] != task:
@@ -120,8 +146,9 @@ def load_model(directory: str | os.PathLike, *, task: str | None = None, map_loc
     net = create_model(meta["arch"], in_channels=meta["in_channels"], out_channels=meta["out_channels"], **meta["arch_kwargs"])
     try:
         state = load_file(str(weights_path), device=map_location)
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ModelFormatError(f"{weights_path} is not a readable safetensors file ({exc})") from None
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        note = pickle_note(weights_path)
+        raise ModelFormatError(f"{weights_path} is not a readable safetensors file" + (f": {note}" if note else f" ({exc})")) from None
     check_state_dict(net, state, source=str(weights_path))
     net.load_state_dict(state, strict=True)
     net.eval()
