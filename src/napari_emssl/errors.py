@@ -15,3 +15,15 @@ class InputError(EmsslError, ValueError):
 
 class ModelFormatError(EmsslError, ValueError):
     """A model directory that cannot be loaded: unknown format, wrong task, bad weights."""
+
+
+class DeviceMemoryError(EmsslError, RuntimeError):
+    """The GPU (or MPS device) ran out of memory and the run cannot go on at a smaller batch.
+
+    ``step`` is the last step that finished; the network keeps the weights of that step.
+    """
+
+    def __init__(self, message: str, *, step: int = 0, batch_size: int | None = None) -> None:
+        super().__init__(message)
+        self.step = step
+        self.batch_size = batch_size

@@ -32,3 +32,29 @@ def autocast(device: torch.device, enabled: bool = True):
     """bf16 autocast on CUDA when enabled; a no-op context elsewhere."""
     use = enabled and device.type == "cuda"
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A device out-of-memory error: CUDA's own type, or the RuntimeError that MPS (and older CUDA) raise."""
+    oom = getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom is not None and isinstance(exc, oom):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def release_device_memory(device: torch.device) -> None:
+    """Give the allocator's cached device memory back to the driver (a no-op on the CPU)."""
+    if device.type == "cuda" and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        try:
+            torch.mps.empty_cache()
+        except (AttributeError, RuntimeError):
+            pass
+
+
+def release(net: torch.nn.Module, device: torch.device) -> None:
+    """Move ``net`` to the CPU and free the device memory it held (end of a run: finished, stopped or failed)."""
+    if device.type != "cpu":
+        net.to("cpu")
+        release_device_memory(device)

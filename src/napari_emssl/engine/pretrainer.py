@@ -33,11 +33,11 @@ import numpy as np
 import torch
 
 from ..config.pretrain import PretrainConfig
-from ..errors import EmsslError
+from ..errors import DeviceMemoryError, EmsslError
 from . import distributed
 from .cancel import CancelToken
 from .checkpoint import Checkpoint, restore_checkpoint, save_checkpoint, write_pretrained
-from .device import autocast
+from .device import autocast, is_out_of_memory, release, release_device_memory
 from .distributed import DistContext
 from .events import Checkpointed, Event, Preview, StepEnd
 from .trainer import warmup_cosine
@@ -147,7 +147,22 @@ def param_hash(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def pretrain_loop(
+def pretrain_loop(pretext: torch.nn.Module, dataset: torch.utils.data.Dataset, config: PretrainConfig, *,
+                  device: torch.device, **kwargs: Any) -> Iterator[Event]:
+    """Pretrain ``pretext`` for ``total_steps`` steps on batches from ``dataset`` (see :func:`_pretrain_loop`).
+
+    However the run ends (finished, stopped, failed, or the generator closed), the network is
+    moved to the CPU and the device memory released.
+    """
+    try:
+        yield from _pretrain_loop(pretext, dataset, config, device=device, **kwargs)
+    except BaseException:
+        release(pretext, device)
+        raise
+    release(pretext, device)
+
+
+def _pretrain_loop(
     pretext: torch.nn.Module,
     dataset: torch.utils.data.Dataset,
     config: PretrainConfig,
@@ -252,20 +267,42 @@ def pretrain_loop(
         if channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         total_loss = None
-        for phase in phases:
-            opt = optimisers[phase]
-            opt.zero_grad(set_to_none=True)
-            with autocast(device, config.amp):
-                losses = model(batch, phase)
-            losses["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(groups[phase], CLIP_GRAD_NORM)
-            opt.step()
-            schedulers[phase].step()
-            if len(phases) == 1:
-                pending.update({k: v.detach() for k, v in losses.items()})
-            else:
-                pending.update({f"{phase}_{k}": v.detach() for k, v in losses.items()})
-                total_loss = losses["loss"].detach() if total_loss is None else total_loss + losses["loss"].detach()
+        stepped = out_of_memory = False  # stepped: an optimiser of this step has updated the weights
+        try:
+            for phase in phases:
+                opt = optimisers[phase]
+                opt.zero_grad(set_to_none=True)
+                with autocast(device, config.amp):
+                    losses = model(batch, phase)
+                losses["loss"].backward()
+                torch.nn.utils.clip_grad_norm_(groups[phase], CLIP_GRAD_NORM)
+                opt.step()
+                stepped = True
+                schedulers[phase].step()
+                if len(phases) == 1:
+                    pending.update({k: v.detach() for k, v in losses.items()})
+                else:
+                    pending.update({f"{phase}_{k}": v.detach() for k, v in losses.items()})
+                    total_loss = losses["loss"].detach() if total_loss is None else total_loss + losses["loss"].detach()
+        except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are handled, the rest re-raised
+            if not is_out_of_memory(exc):
+                raise
+            out_of_memory = True  # handled below, once the traceback (and the tensors it holds) is gone
+        if out_of_memory:
+            losses = batch = total_loss = None
+            pending.clear()
+            for opt in optimisers.values():
+                opt.zero_grad(set_to_none=True)
+            release_device_memory(device)
+            saved = ""
+            if not stepped and main and out_dir is not None:  # the weights are those of the last finished step: keep them
+                state.seconds = time.perf_counter() - started
+                write(stopped=True)
+                saved = f"; the checkpoint of step {state.step} is saved in '{out_dir}' (--resume continues from it)"
+            raise DeviceMemoryError(
+                f"out of GPU memory in pretraining step {step} at batch size {config.batch_size} (patch {config.patch}): "
+                f"lower --batch-size or --patch{saved}", step=state.step, batch_size=config.batch_size,
+            ) from None
         if total_loss is not None:
             pending["loss"] = total_loss
         pretext.after_step(step, total_steps)
