@@ -24,13 +24,13 @@ from .config import FinetuneConfig, PredictConfig, PretrainConfig
 from .data.labels import check_trainable, painted_slices, sparse_targets
 from .data.normalize import percentile_normalize
 from .data.patches import PatchSampler
-from .data.tiling import Cancelled, iter_tiled
+from .data.tiling import Cancelled
 from .data.validate import check_image, check_labels
 from .engine.cancel import CancelToken
 from .engine.device import resolve_device
-from .engine.events import Event, PredictionTile, Preview, RunCancelled, RunFinished, RunStarted
+from .engine.events import Event, Preview, RunCancelled, RunFinished, RunStarted
 from .engine.model_dir import TrainedModel, build_meta, load_model
-from .engine.predictor import choose_tiling, count_tiles, forward_fn, predict_image
+from .engine.predictor import choose_tiling, forward_fn, predict_image
 from .engine.trainer import TrainState, train
 from .engine.transfer import load_matching
 from .errors import InputError, ModelFormatError
@@ -276,61 +276,55 @@ def _painted_dice(fn, norm, labels, slices, k, tile, overlap, multiple) -> dict[
 
 def iter_predict(
     model: TrainedModel | str,
-    image: np.ndarray,
+    image: Any,
     config: PredictConfig | None = None,
     *,
     target: np.ndarray | None = None,
     cancel: CancelToken | None = None,
 ) -> Iterator[Event]:
-    """Apply a model to a 2D image or a stack (slice by slice).
+    """Apply a model to a 2D image or a stack (slice by slice); the result is held in memory.
 
     Segmentation models give ``labels`` (and ``probabilities`` when asked for); restoration
-    models give ``image`` (see :func:`napari_emssl.restoration.iter_predict_restoration`;
-    ``target`` adds PSNR/SSIM).
+    models give ``image`` in the input's units (superres: ``scale_factor`` times larger in Y
+    and X); ``target`` adds PSNR/SSIM. ``image`` may also be a lazily read array (memory-mapped
+    TIFF, zarr, dask): it is read one slice at a time. To stream results to files instead,
+    see :func:`napari_emssl.batch.iter_predict_files`.
     """
+    from .io.sinks import ArraySink
+    from .prediction import iter_apply
+
     config = config or PredictConfig()
     if not isinstance(model, TrainedModel):
         model = load_model(model)
-    if model.task != "segment":
-        from .restoration import iter_predict_restoration
+    if target is not None and model.task != "segment":
+        from .restoration import check_target_for
 
-        yield from iter_predict_restoration(model, image, config, target=target, cancel=cancel)
-        return
-    image = check_image(image)
-    device = resolve_device(config.device)
-    net = model.net.to(device).eval()
-    k = int(model.meta["out_channels"])
-    multiple = int(model.meta.get("size_multiple", net.size_multiple))
-    normalization = model.meta.get("normalization") or NORMALIZATION
-    tile, overlap = choose_tiling(int(model.meta.get("receptive_field", net.receptive_field)), config.tile, multiple, config.overlap)
-    total = count_tiles(image.shape, tile, overlap)
-    yield RunStarted(kind="predict", total_steps=total, device=str(device), info={"tile": tile, "overlap": overlap})
-    started = time.perf_counter()
-    norm, _ = percentile_normalize(image, normalization["low"], normalization["high"])
-    fn = forward_fn(net, device, amp=config.amp)
-    planes = [norm] if norm.ndim == 2 else list(norm)
-    outs, done = [], 0
-    try:
-        for plane in planes:
-            tiles = iter_tiled(fn, plane, out_channels=k, tile=tile, overlap=overlap, batch_size=config.batch_size,
-                               size_multiple=multiple, cancel=cancel)
-            while True:
-                try:
-                    plane_done, _ = next(tiles)
-                except StopIteration as stop:
-                    outs.append(stop.value)
-                    done += plane_done
-                    break
-                yield PredictionTile(done=done + plane_done, total=total)
-    except Cancelled:
-        model.net.cpu()
-        yield RunCancelled(step=done, seconds=time.perf_counter() - started)
-        return
-    model.net.cpu()
-    probs = outs[0] if norm.ndim == 2 else np.stack(outs, axis=1)
-    labels = probabilities_to_labels(probs)
-    result = PredictResult(labels=labels, probabilities=probs if config.probabilities else None, seconds=time.perf_counter() - started)
-    yield RunFinished(result=result, seconds=result.seconds)
+        target = check_target_for(model, image, target)
+    elif target is not None:
+        raise InputError("a target image scores restoration results (PSNR, SSIM); this is a segmentation model")
+
+    def make_sinks(specs):
+        return {key: ArraySink(shape, dtype, plane_ndim=3 if "C" in axes else 2) for key, (shape, dtype, axes) in specs.items()}
+
+    for event in iter_apply(model, image, config, make_sinks, cancel=cancel):
+        if isinstance(event, RunFinished):
+            run = event.result
+            arrays = {key: sink.array for key, sink in run["sinks"].items()}
+            probs = arrays.get("probabilities")
+            if probs is not None and probs.ndim == 4:
+                probs = np.moveaxis(probs, 0, 1)  # (Z, K, Y, X) -> (K, Z, Y, X)
+            metrics: dict[str, float] = {}
+            if target is not None:
+                from .tasks.metrics import restoration_metrics
+
+                scores = restoration_metrics(target.astype(np.float32), arrays["image"].astype(np.float32))
+                metrics = {"psnr": round(scores["psnr"], 3), "ssim": round(scores["ssim"], 4)}
+            result = PredictResult(labels=arrays.get("labels"), probabilities=probs, seconds=run["seconds"],
+                                   image=arrays.get("image"), scale_factor=run["scale_factor"], metrics=metrics,
+                                   info=run["info"])
+            yield RunFinished(result=result, seconds=result.seconds)
+        else:
+            yield event
 
 
 # ---------------------------------------------------------------------------------------------- run to completion

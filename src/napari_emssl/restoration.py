@@ -30,18 +30,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import FinetuneConfig, PredictConfig
+from .config import FinetuneConfig
 from .data.normalize import NormStats, percentile_normalize
 from .data.patches import PatchSampler
-from .data.tiling import Cancelled, iter_tiled
 from .data.validate import check_image
 from .engine.cancel import CancelToken
 from .engine.device import resolve_device
-from .engine.events import Event, PredictionTile, Preview, RunCancelled, RunFinished, RunStarted
+from .engine.events import Event, Preview, RunStarted
 from .engine.model_dir import TrainedModel, build_meta
-from .engine.predictor import choose_tiling, count_tiles, forward_fn
+from .engine.predictor import choose_tiling, forward_fn
 from .engine.trainer import TrainState
-from .errors import InputError, ModelFormatError
+from .errors import InputError
 from .tasks import bgremove, denoise, superres
 from .tasks.metrics import restoration_metrics
 from .tasks.restoration import PairedPatchSampler
@@ -309,83 +308,11 @@ def restore_normalized(fn, plane: np.ndarray, task: str, factor: int, *, tile: i
     return out[0]
 
 
-def iter_predict_restoration(
-    model: TrainedModel,
-    image: np.ndarray,
-    config: PredictConfig,
-    *,
-    target: np.ndarray | None = None,
-    cancel: CancelToken | None = None,
-) -> Iterator[Event]:
-    """Apply a restoration model to a 2D image or a stack (slice by slice); yield events.
-
-    The result's ``image`` is float32 in the input's units (``config.keep_dtype``: the
-    input's dtype, rounded and clipped; ``info["clipped_pixels"]`` counts the clipped
-    ones); ``scale_factor`` is the super-resolution factor (1 otherwise). With ``target``
-    (same shape as the result) ``metrics`` holds PSNR/SSIM against it.
-    """
-    from .api import PredictResult
-
-    task = model.task
-    if task not in RESTORATION_TASKS:
-        raise ModelFormatError(f"this model was trained for {task!r}, which is not a restoration task")
-    if int(model.meta.get("out_channels", 1)) != 1:
-        raise ModelFormatError(f"a {task} model has one output channel, this one has {model.meta['out_channels']}")
-    factor = int(model.meta.get("factor", 1)) if task == "superres" else 1
-    image = check_image(image)
-    if target is not None:
-        target = check_image(target, name="target")
-        expected = _expected_target_shape(image.shape, factor)
-        if target.shape != expected:
-            raise InputError(f"The target has shape {target.shape}; the result will have shape {expected}: they must match.")
-    if float(np.ptp(image)) == 0.0:
-        raise InputError(f"The image is constant (every pixel is {image.flat[0]}); there is no structure to restore.")
-    device = resolve_device(config.device)
-    net = model.net.to(device).eval()
-    multiple = int(model.meta.get("size_multiple", net.size_multiple))
-    normalization = model.meta.get("normalization") or NORMALIZATION
-    tile, overlap = choose_tiling(int(model.meta.get("receptive_field", net.receptive_field)), config.tile, multiple, config.overlap)
-    out_shape = _expected_target_shape(image.shape, factor)
-    views = DIHEDRAL if config.tta else DIHEDRAL[:1]
-    total = sum(count_tiles(_view_shape(out_shape, k), tile, overlap) for k, _ in views)
-    yield RunStarted(kind="predict", total_steps=total, device=str(device),
-                     info={"task": task, "tile": tile, "overlap": overlap, "factor": factor, "tta": bool(config.tta)})
-    started = time.perf_counter()
-    norm, stats = percentile_normalize(image, normalization["low"], normalization["high"])
-    fn = forward_fn(net, device, amp=config.amp, activation="none")
-    planes = [norm] if norm.ndim == 2 else list(norm)
-    outs, done = [], 0
-    try:
-        for plane in planes:
-            acc = None
-            for k, flip in views:
-                view = _dihedral(plane, k, flip)
-                grid, run = _network_input(view, fn, task, factor)
-                tiles = iter_tiled(run, grid, out_channels=1, tile=tile, overlap=overlap, batch_size=config.batch_size,
-                                   size_multiple=multiple, cancel=cancel)
-                while True:
-                    try:
-                        view_done, _ = next(tiles)
-                    except StopIteration as stop:
-                        back = _dihedral_inverse(stop.value[0], k, flip)
-                        acc = back if acc is None else acc + back
-                        done += view_done
-                        break
-                    yield PredictionTile(done=done + view_done, total=total)
-            outs.append(acc / len(views))
-    except Cancelled:
-        yield RunCancelled(step=done, seconds=time.perf_counter() - started)
-        return
-    finally:
-        model.net.cpu()
-    restored = denormalize(outs[0] if norm.ndim == 2 else np.stack(outs), stats, task)
-    info: dict[str, Any] = {"task": task, "factor": factor}
-    metrics: dict[str, float] = {}
-    if target is not None:
-        scores = restoration_metrics(target.astype(np.float32), restored)
-        metrics = {"psnr": round(scores["psnr"], 3), "ssim": round(scores["ssim"], 4)}
-    if config.keep_dtype:
-        restored, info["clipped_pixels"] = to_dtype(restored, image.dtype)
-    result = PredictResult(labels=None, probabilities=None, seconds=time.perf_counter() - started, image=restored,
-                           scale_factor=factor, metrics=metrics, info=info)
-    yield RunFinished(result=result, seconds=result.seconds)
+def check_target_for(model: TrainedModel, image: Any, target: Any) -> np.ndarray:
+    """A target to score a restoration model's result against: an image of the result's shape."""
+    factor = int(model.meta.get("factor", 1)) if model.task == "superres" else 1
+    target = check_image(target, name="target")
+    expected = _expected_target_shape(tuple(int(n) for n in image.shape), factor)
+    if target.shape != expected:
+        raise InputError(f"The target has shape {target.shape}; the result will have shape {expected}: they must match.")
+    return target

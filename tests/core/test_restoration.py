@@ -11,6 +11,7 @@ from napari_emssl.config import PredictConfig
 from napari_emssl.data.degrade import upscale_bicubic
 from napari_emssl.data.normalize import percentile_normalize
 from napari_emssl.engine.model_dir import load_model
+from napari_emssl.engine.predictor import count_tiles
 from napari_emssl.errors import InputError
 from napari_emssl.restoration import denormalize, to_dtype
 from napari_emssl.tasks import bgremove, denoise, superres
@@ -234,7 +235,7 @@ def test_test_time_augmentation_averages_the_eight_views(tiny_config):
     assert tta.image.shape == plain.image.shape == (96, 128)
     np.testing.assert_allclose(tta.image, plain.image, atol=1e-3 * float(np.ptp(image)))
     info = events[0].info
-    assert info["tta"] is True and events[0].total_steps == 8 * api.count_tiles((96, 128), info["tile"], info["overlap"])
+    assert info["tta"] is True and events[0].total_steps == 8 * count_tiles((96, 128), info["tile"], info["overlap"])
     denoiser = api.finetune(image, config=tiny_config(task="denoise", steps=3)).model
     a = api.predict(denoiser, image, PredictConfig(device="cpu", tta=True)).image
     b = api.predict(denoiser, image, PredictConfig(device="cpu")).image

@@ -141,6 +141,8 @@ class PredictConfig:
     probabilities: bool = False  # also return per-class probabilities (segmentation)
     keep_dtype: bool = False  # restoration: return the input's dtype (rounded, clipped to its range) instead of float32
     tta: bool = False  # restoration: average the 8 flips/rotations of each slice (8x the prediction time)
+    auto_batch: bool = True  # CUDA: tiles per batch from the free GPU memory (batch_size elsewhere); halved on out-of-memory
+    compile: bool = False  # CUDA: torch.compile the network (pays off on big stacks)
 
     def __post_init__(self) -> None:
         _check_device(self.device)

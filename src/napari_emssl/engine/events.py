@@ -56,6 +56,37 @@ class PredictionTile:
 
 
 @dataclass(frozen=True)
+class PredictionSlice:
+    """A slice of the result is complete (written to its output); ``index`` counts from 0."""
+
+    index: int
+    count: int
+
+
+@dataclass(frozen=True)
+class FileStarted:
+    """A batch run begins on input file ``index`` (of ``count``)."""
+
+    index: int
+    count: int
+    path: str
+    output: str
+
+
+@dataclass(frozen=True)
+class FileEnded:
+    """A batch run is done with input file ``index``: ``status`` is done, skipped or failed (``reason`` says why)."""
+
+    index: int
+    count: int
+    path: str
+    output: str
+    status: str
+    reason: str = ""
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
 class RunFinished:
     result: Any  # FinetuneResult / PredictResult from api
     seconds: float
@@ -68,4 +99,5 @@ class RunCancelled:
     result: Any = None  # what was kept (e.g. the model trained so far), or None
 
 
-Event = RunStarted | StepEnd | EpochEnd | Preview | Checkpointed | PredictionTile | RunFinished | RunCancelled
+Event = (RunStarted | StepEnd | EpochEnd | Preview | Checkpointed | PredictionTile | PredictionSlice | FileStarted | FileEnded
+         | RunFinished | RunCancelled)

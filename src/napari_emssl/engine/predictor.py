@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ..data.tiling import predict_tiled, tile_count
+from ..errors import InputError
 from .device import autocast
 
 
@@ -36,21 +37,115 @@ def count_tiles(shape: tuple[int, ...], tile: int, overlap: int) -> int:
 
 
 def forward_fn(
-    net: torch.nn.Module, device: torch.device, *, amp: bool = True, activation: str = "softmax"
-) -> Callable[[np.ndarray], np.ndarray]:
-    """Wrap a network as numpy (B,C,H,W) -> numpy (B,K,H,W) for the tiler."""
+    net: torch.nn.Module, device: torch.device, *, amp: bool = True, activation: str = "softmax",
+    max_batch: int | None = None,
+) -> "TileForward":
+    """Wrap a network as numpy (B,C,H,W) -> numpy (B,K,H,W) for the tiler (see :class:`TileForward`)."""
+    return TileForward(net, device, amp=amp, activation=activation, max_batch=max_batch)
 
-    def fn(batch: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(device, non_blocking=True)
-        with torch.inference_mode(), autocast(device, amp):
-            y = net(x).float()
-            if activation == "softmax":
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A device out-of-memory error (CUDA's own type, or the RuntimeError MPS and older CUDA raise)."""
+    oom = getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom is not None and isinstance(exc, oom):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def release_device_memory(device: torch.device) -> None:
+    """Give cached device memory back (after an out-of-memory error and at the end of a run)."""
+    if device.type == "cuda" and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    elif device.type == "mps" and hasattr(torch, "mps"):
+        try:
+            torch.mps.empty_cache()
+        except (AttributeError, RuntimeError):
+            pass
+
+
+class TileForward:
+    """A network as a numpy function for the tiler, run in sub-batches that fit the device.
+
+    On CUDA the network and its input are channels_last, the input goes through a pinned host
+    buffer (asynchronous copy) and runs under bf16 autocast (``amp``). When the device runs out
+    of memory the sub-batch is halved and the tiles are tried again (``max_batch`` remembers
+    it); a single tile that does not fit raises :class:`~napari_emssl.errors.InputError`
+    asking for smaller tiles.
+    """
+
+    def __init__(self, net: torch.nn.Module, device: torch.device, *, amp: bool = True, activation: str = "softmax",
+                 max_batch: int | None = None) -> None:
+        self.net, self.device, self.amp, self.activation = net, device, amp, activation
+        self.max_batch = max_batch
+        self.backoffs = 0
+        self._cuda = device.type == "cuda"
+        self._pinned: torch.Tensor | None = None
+        if self._cuda:
+            net.to(memory_format=torch.channels_last)
+
+    def _to_device(self, batch: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        if not self._cuda:
+            return x.to(self.device)
+        if self._pinned is None or self._pinned.numel() < x.numel():
+            self._pinned = torch.empty(x.numel(), dtype=torch.float32).pin_memory()
+        staged = self._pinned[: x.numel()].view(x.shape)
+        staged.copy_(x)
+        return staged.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        x = self._to_device(batch)
+        with torch.inference_mode(), autocast(self.device, self.amp):
+            y = self.net(x).float()
+            if self.activation == "softmax":
                 y = y.softmax(dim=1)
-            elif activation == "sigmoid":
+            elif self.activation == "sigmoid":
                 y = y.sigmoid()
         return y.cpu().numpy()
 
-    return fn
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        n = len(batch)
+        outs, start = [], 0
+        while start < n:
+            size = min(self.max_batch or n, n - start)
+            try:
+                outs.append(self._run(batch[start : start + size]))
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                release_device_memory(self.device)
+                if size == 1:
+                    raise InputError(
+                        f"The {self.device.type.upper()} device ran out of memory for a single tile of "
+                        f"{batch.shape[-2]} x {batch.shape[-1]} pixels; choose smaller tiles (--tile) or the CPU."
+                    ) from None
+                self.max_batch = max(1, size // 2)
+                self.backoffs += 1
+                continue
+            start += size
+        return outs[0] if len(outs) == 1 else np.concatenate(outs)
+
+
+def auto_batch_size(net: torch.nn.Module, device: torch.device, tile: int, *, amp: bool = True, default: int = 4,
+                    limit: int = 64) -> int:
+    """Tiles per batch: on CUDA as many as half the free GPU memory holds (measured on one tile), else ``default``."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return default
+    fn = TileForward(net, device, amp=amp, activation="none")
+    probe = np.zeros((1, 1, tile, tile), np.float32)
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    try:
+        fn._run(probe)
+    except Exception as exc:
+        if is_out_of_memory(exc):
+            release_device_memory(device)
+            return 1
+        raise
+    per_tile = max(1, torch.cuda.max_memory_allocated(device) - base)
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(max(1, min(limit, (free // 2) // per_tile)))
 
 
 def predict_image(

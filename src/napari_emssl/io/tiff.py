@@ -24,7 +24,7 @@ from napari_emssl.io.greyscale import to_greyscale
 from napari_emssl.io.pixel_size import final_scale, tiff_scale
 from napari_emssl.io.tiff_integrity import check_complete
 
-__all__ = ["ImageMeta", "read_image", "write_image", "COMPRESSIONS"]
+__all__ = ["ImageMeta", "read_image", "write_image", "tiff_write_kwargs", "COMPRESSIONS"]
 
 #: Compression names accepted by :func:`write_image` (tifffile spellings).
 COMPRESSIONS = ("zlib", "lzw", "zstd", "lzma", "packbits", "none")
@@ -190,28 +190,7 @@ def write_image(path: str | os.PathLike, array: np.ndarray, *, scale=None, compr
                 f"Pixel size {scale} does not fit an image with {array.ndim} axes; expected {array.ndim} positive numbers."
             )
 
-    axes = "YX" if array.ndim == 2 else "ZYX"
-    bigtiff = array.nbytes > 2**32 - 2**25
-    imagej = array.dtype.type in _IMAGEJ_DTYPES and not bigtiff
-    kwargs: dict = {"compression": comp, "bigtiff": bigtiff}
-    if imagej:
-        metadata: dict = {"axes": axes}
-        if scale is not None:
-            kwargs["resolution"] = (1.0 / scale[-1], 1.0 / scale[-2])
-            metadata["unit"] = "um"
-            if array.ndim == 3:
-                metadata["spacing"] = scale[0]
-        kwargs.update(imagej=True, metadata=metadata)
-    else:
-        metadata = {"axes": axes}
-        if scale is not None:
-            kwargs["resolution"] = (1e4 / scale[-1], 1e4 / scale[-2])
-            kwargs["resolutionunit"] = "CENTIMETER"
-            metadata["unit"] = "um"
-            if array.ndim == 3:
-                metadata["spacing"] = scale[0]
-        kwargs["metadata"] = metadata
-        kwargs["photometric"] = "minisblack"
+    kwargs = tiff_write_kwargs(array.shape, array.dtype, scale, comp)
 
     folder = path.parent if str(path.parent) else Path(".")
     try:
@@ -234,3 +213,35 @@ def write_image(path: str | os.PathLike, array: np.ndarray, *, scale=None, compr
         if isinstance(exc, OSError):
             raise InputError(f"Could not write '{path}' ({exc.strerror or exc}); check the disk space and permissions.") from exc
         raise
+
+
+def tiff_write_kwargs(shape: tuple[int, ...], dtype, scale, compression: str | None, axes: str | None = None) -> dict:
+    """tifffile keyword arguments for a greyscale image: ImageJ-compatible (pixel size in um, slice
+    spacing) for uint8/uint16/float32 under 4 GB, plain (Big)TIFF with the resolution in cm otherwise.
+
+    ``axes`` defaults to ``YX`` / ``ZYX``; ``ZCYX`` writes class probabilities of a stack as an
+    ImageJ hyperstack. ``scale`` is ``(y, x)`` or ``(z, y, x)`` in micrometres, or None.
+    """
+    dtype = np.dtype(dtype)
+    axes = axes or ("YX" if len(shape) == 2 else "ZYX")
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    bigtiff = nbytes > 2**32 - 2**25
+    kwargs: dict = {"compression": compression, "bigtiff": bigtiff}
+    metadata: dict = {"axes": axes}
+    if dtype.type in _IMAGEJ_DTYPES and not bigtiff:
+        if scale is not None:
+            kwargs["resolution"] = (1.0 / scale[-1], 1.0 / scale[-2])
+            metadata["unit"] = "um"
+            if len(scale) == 3:
+                metadata["spacing"] = scale[0]
+        kwargs.update(imagej=True, metadata=metadata)
+        return kwargs
+    if scale is not None:
+        kwargs["resolution"] = (1e4 / scale[-1], 1e4 / scale[-2])
+        kwargs["resolutionunit"] = "CENTIMETER"
+        metadata["unit"] = "um"
+        if len(scale) == 3:
+            metadata["spacing"] = scale[0]
+    kwargs["metadata"] = metadata
+    kwargs["photometric"] = "minisblack"
+    return kwargs

@@ -1,0 +1,294 @@
+"""Apply a trained model to an image or stack, slice by slice, streaming the results to sinks.
+
+One driver serves every task: the input (a numpy array, a memory-mapped TIFF, a zarr or dask
+array) is read one slice at a time by a background thread while the previous slice is being
+predicted, normalised with the stack's percentiles (computed once, from a subsample), cut
+into overlapping tiles that go through the network in batches, blended, and handed to the
+sinks (:mod:`napari_emssl.io.sinks`: memory, TIFF or OME-Zarr), which write it while the
+next slice is computed. Memory is bounded by a few slices, whatever the size of the stack.
+
+Segmentation gives labels 1..K (and, when asked, class probabilities); restoration gives
+the restored image in the input's units (``keep_dtype``: in its pixel type, clipped).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from .config import PredictConfig
+from .data.normalize import NormStats, percentile_normalize, subsample
+from .data.tiling import Cancelled, iter_tiled, tile_count
+from .data.validate import count_nonfinite
+from .engine.cancel import CancelToken
+from .engine.device import resolve_device
+from .engine.events import Event, PredictionSlice, PredictionTile, RunCancelled, RunFinished, RunStarted
+from .engine.model_dir import TrainedModel
+from .engine.predictor import auto_batch_size, choose_tiling, forward_fn, release_device_memory
+from .errors import InputError, ModelFormatError
+
+NORMALIZATION = {"method": "percentile", "low": 1.0, "high": 99.8}
+RESTORATION_TASKS = ("denoise", "bgremove", "superres")
+STATS_PLANES = 16  # slices sampled from a lazily read stack for its percentiles
+
+#: ``make_sinks(specs)``: specs maps an output name ("labels", "probabilities", "image") to
+#: ``(shape, dtype, axes)``; it returns a sink (see :mod:`napari_emssl.io.sinks`) for each name.
+SinkFactory = Callable[[dict[str, tuple[tuple[int, ...], Any, str]]], dict[str, Any]]
+
+
+# ---------------------------------------------------------------------------------------------- the input
+
+
+def check_source(image: Any, name: str = "image") -> Any:
+    """Refuse inputs that are not greyscale 2D images or 3D stacks of numbers (cheap: no pixel is read)."""
+    if isinstance(image, np.ndarray) or not all(hasattr(image, a) for a in ("shape", "dtype", "__getitem__")):
+        from .data.validate import check_image
+
+        return check_image(np.asarray(image), name=name)
+    shape, dtype = tuple(int(n) for n in image.shape), np.dtype(image.dtype)
+    if dtype.kind not in "biuf":
+        raise InputError(f"The {name} has pixel type {dtype}; expected numeric grey values (integer or float).")
+    if len(shape) not in (2, 3):
+        raise InputError(f"The {name} has {len(shape)} dimensions (shape {shape}); expected a 2D image (Y, X) or a 3D stack (Z, Y, X).")
+    if 0 in shape:
+        raise InputError(f"The {name} is empty (shape {shape}); expected at least one pixel along every axis.")
+    return image
+
+
+def source_stats(image: Any, low: float, high: float) -> NormStats:
+    """The stack's percentiles: from the whole array in memory, or from up to 16 evenly spaced slices of a lazy one."""
+    if isinstance(image, np.ndarray) and not isinstance(image, np.memmap):
+        return percentile_normalize(subsample(image), low, high)[1]
+    if len(image.shape) == 2:
+        sample = subsample(np.asarray(image[:, :]))
+    else:
+        depth = int(image.shape[0])
+        picks = np.unique(np.linspace(0, depth - 1, min(depth, STATS_PLANES)).round().astype(int))
+        per_plane = max(1, (1 << 22) // len(picks))
+        sample = np.concatenate([subsample(np.asarray(image[int(z)]), per_plane) for z in picks])
+    return percentile_normalize(sample, low, high)[1]
+
+
+def _read_plane(image: Any, index: int | None, stats: NormStats, name: str) -> np.ndarray:
+    if index is not None:
+        plane = image[index]
+    else:
+        plane = image if isinstance(image, np.ndarray) else image[:, :]
+    plane = np.asarray(plane)
+    bad = count_nonfinite(plane)
+    if bad:
+        where = f" (slice {index})" if index is not None else ""
+        raise InputError(f"The {name}{where} contains {bad} pixels that are NaN or infinite; expected finite values: "
+                         "replace them (e.g. with 0) first.")
+    return percentile_normalize(plane, stats=stats)[0]
+
+
+# ---------------------------------------------------------------------------------------------- per-task planes
+
+
+class _Planes:
+    """What a task does to one normalised plane; ``run`` is a generator of finished-tile counts returning the outputs."""
+
+    def __init__(self, model: TrainedModel, config: PredictConfig, device, batch_size: int) -> None:
+        net = model.net
+        self.multiple = int(model.meta.get("size_multiple", net.size_multiple))
+        self.tile, self.overlap = choose_tiling(int(model.meta.get("receptive_field", net.receptive_field)), config.tile,
+                                                self.multiple, config.overlap)
+        self.batch_size = batch_size
+        self.config = config
+
+    def _tiled(self, fn, grid: np.ndarray, channels: int, cancel):
+        return (yield from iter_tiled(fn, grid, out_channels=channels, tile=self.tile, overlap=self.overlap,
+                                      batch_size=self.batch_size, size_multiple=self.multiple, cancel=cancel))
+
+
+class SegmentPlanes(_Planes):
+    def __init__(self, model: TrainedModel, config: PredictConfig, device, batch_size: int) -> None:
+        super().__init__(model, config, device, batch_size)
+        self.k = int(model.meta["out_channels"])
+        self.fn = forward_fn(model.net, device, amp=config.amp)
+        self.labels_dtype = np.uint8 if self.k < 256 else np.uint16
+
+    def specs(self, shape: tuple[int, ...], dtype) -> dict[str, tuple]:
+        out = {"labels": (shape, self.labels_dtype, "YX" if len(shape) == 2 else "ZYX")}
+        if self.config.probabilities:
+            out["probabilities"] = ((self.k,) + shape if len(shape) == 2 else (shape[0], self.k) + shape[1:], np.float32,
+                                    "CYX" if len(shape) == 2 else "ZCYX")
+        return out
+
+    def tiles(self, plane_shape: tuple[int, int]) -> int:
+        return tile_count(plane_shape, self.tile, self.overlap)
+
+    def run(self, plane: np.ndarray, cancel):
+        probs = yield from self._tiled(self.fn, plane, self.k, cancel)
+        out = {"labels": (np.argmax(probs, axis=0) + 1).astype(self.labels_dtype)}
+        if self.config.probabilities:
+            out["probabilities"] = probs
+        return out
+
+
+class RestorePlanes(_Planes):
+    def __init__(self, model: TrainedModel, config: PredictConfig, device, batch_size: int) -> None:
+        super().__init__(model, config, device, batch_size)
+        from .restoration import DIHEDRAL
+
+        self.task = model.task
+        if self.task not in RESTORATION_TASKS:
+            raise ModelFormatError(f"this model was trained for {self.task!r}, which is not a restoration task")
+        if int(model.meta.get("out_channels", 1)) != 1:
+            raise ModelFormatError(f"a {self.task} model has one output channel, this one has {model.meta['out_channels']}")
+        self.factor = int(model.meta.get("factor", 1)) if self.task == "superres" else 1
+        self.fn = forward_fn(model.net, device, amp=config.amp, activation="none")
+        self.views = DIHEDRAL if config.tta else DIHEDRAL[:1]
+        self.stats: NormStats | None = None
+        self.dtype = None
+        self.clipped = 0
+
+    def specs(self, shape: tuple[int, ...], dtype) -> dict[str, tuple]:
+        self.dtype = np.dtype(dtype) if self.config.keep_dtype else np.dtype(np.float32)
+        out_shape = tuple(shape[:-2]) + (shape[-2] * self.factor, shape[-1] * self.factor)
+        return {"image": (out_shape, self.dtype, "YX" if len(shape) == 2 else "ZYX")}
+
+    def tiles(self, plane_shape: tuple[int, int]) -> int:
+        f = self.factor
+        shapes = [(plane_shape[1] * f, plane_shape[0] * f) if k % 2 else (plane_shape[0] * f, plane_shape[1] * f)
+                  for k, _ in self.views]
+        return sum(tile_count(s, self.tile, self.overlap) for s in shapes)
+
+    def run(self, plane: np.ndarray, cancel):
+        from .restoration import _dihedral, _dihedral_inverse, _network_input, denormalize, to_dtype
+
+        acc, done = None, 0
+        for k, flip in self.views:
+            grid, run = _network_input(_dihedral(plane, k, flip), self.fn, self.task, self.factor)
+            steps = iter_tiled(run, grid, out_channels=1, tile=self.tile, overlap=self.overlap, batch_size=self.batch_size,
+                               size_multiple=self.multiple, cancel=cancel)
+            while True:
+                try:
+                    view_done, _ = next(steps)
+                except StopIteration as stop:
+                    back = _dihedral_inverse(stop.value[0], k, flip)
+                    acc = back if acc is None else acc + back
+                    done += view_done
+                    break
+                yield done + view_done, None
+        restored = denormalize(acc / len(self.views), self.stats, self.task)
+        if self.config.keep_dtype:
+            restored, clipped = to_dtype(restored, self.dtype)
+            self.clipped += clipped
+        return {"image": restored}
+
+
+# ---------------------------------------------------------------------------------------------- the driver
+
+
+def iter_apply(
+    model: TrainedModel,
+    image: Any,
+    config: PredictConfig,
+    make_sinks: SinkFactory,
+    *,
+    cancel: CancelToken | None = None,
+    name: str = "image",
+) -> Iterator[Event]:
+    """Apply ``model`` to ``image`` slice by slice and write every output plane to the sinks ``make_sinks`` opens.
+
+    Yields ``RunStarted``, ``PredictionTile`` after every batch of tiles, ``PredictionSlice``
+    after every finished slice, and ends with ``RunFinished`` (result: a dict with ``sinks``,
+    ``seconds``, ``info``) or ``RunCancelled``. The sinks are closed when the run finishes and
+    aborted (nothing left under a final name) when it is stopped or fails.
+    """
+    image = check_source(image, name)
+    shape = tuple(int(n) for n in image.shape)
+    device = resolve_device(config.device)
+    net = model.net.to(device).eval()
+    if config.compile and device.type == "cuda":
+        import torch
+
+        net = torch.compile(net)
+    try:
+        yield from _apply(model, net, image, shape, config, make_sinks, device, cancel, name)
+    finally:
+        model.net.cpu()
+        release_device_memory(device)
+
+
+def _apply(model, net, image, shape, config, make_sinks, device, cancel, name) -> Iterator[Event]:
+    multiple = int(model.meta.get("size_multiple", model.net.size_multiple))
+    tile, _ = choose_tiling(int(model.meta.get("receptive_field", model.net.receptive_field)), config.tile, multiple, config.overlap)
+    batch = auto_batch_size(net, device, tile, amp=config.amp, default=config.batch_size) if config.auto_batch else config.batch_size
+    wrapped = TrainedModel(net=net, meta=model.meta) if net is not model.net else model
+    planes = SegmentPlanes(wrapped, config, device, batch) if model.task == "segment" else RestorePlanes(wrapped, config, device, batch)
+    normalization = model.meta.get("normalization") or NORMALIZATION
+    stats = source_stats(image, float(normalization["low"]), float(normalization["high"]))
+    if model.task != "segment":
+        planes.stats = stats
+        if _constant(image):
+            raise InputError(f"The {name} is constant; there is no structure to restore.")
+    indices: list[int | None] = [None] if len(shape) == 2 else list(range(shape[0]))
+    per_plane = planes.tiles(shape[-2:])
+    total = per_plane * len(indices)
+    info = {"task": model.task, "tile": planes.tile, "overlap": planes.overlap, "batch_size": batch, "slices": len(indices),
+            "factor": getattr(planes, "factor", 1), "tta": bool(config.tta)}
+    yield RunStarted(kind="predict", total_steps=total, device=str(device), info=info)
+    started = time.perf_counter()
+    sinks = make_sinks(planes.specs(shape, image.dtype))
+    done = 0
+    reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="emssl-read")
+    try:
+        pending = reader.submit(_read_plane, image, indices[0], stats, name)
+        for position, index in enumerate(indices):
+            plane = pending.result()
+            if position + 1 < len(indices):  # read the next slice while this one is predicted
+                pending = reader.submit(_read_plane, image, indices[position + 1], stats, name)
+            steps = planes.run(plane, cancel)
+            while True:
+                try:
+                    plane_done, _ = next(steps)
+                except StopIteration as stop:
+                    outputs = stop.value
+                    break
+                yield PredictionTile(done=done + plane_done, total=total)
+            done += per_plane
+            for key, sink in sinks.items():
+                sink.write(outputs[key])
+            yield PredictionSlice(index=position, count=len(indices))
+    except Cancelled:
+        _abort(sinks)
+        yield RunCancelled(step=done, seconds=time.perf_counter() - started)
+        return
+    except BaseException:
+        _abort(sinks)
+        raise
+    finally:
+        reader.shutdown(wait=True, cancel_futures=True)
+    for sink in sinks.values():
+        sink.close()
+    if getattr(planes.fn, "backoffs", 0):
+        info["oom_backoffs"] = planes.fn.backoffs
+        info["batch_size"] = planes.fn.max_batch
+    if model.task != "segment" and config.keep_dtype:
+        info["clipped_pixels"] = planes.clipped
+    seconds = time.perf_counter() - started
+    info["megapixels_per_s"] = float(np.prod(shape)) / 1e6 / max(seconds, 1e-9)
+    yield RunFinished(result={"sinks": sinks, "seconds": seconds, "info": info,
+                              "scale_factor": getattr(planes, "factor", 1)}, seconds=seconds)
+
+
+def _abort(sinks: dict[str, Any]) -> None:
+    for sink in sinks.values():
+        try:
+            sink.abort()
+        except Exception:  # noqa: BLE001 - cleaning up after the real error, which is re-raised
+            pass
+
+
+def _constant(image: Any) -> bool:
+    if isinstance(image, np.ndarray):
+        return float(np.ptp(image)) == 0.0
+    sample = subsample(np.asarray(image[0] if len(image.shape) == 3 else image[:, :]))
+    return float(np.ptp(sample)) == 0.0
