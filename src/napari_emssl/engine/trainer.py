@@ -189,4 +189,4 @@ def train(
 
 
 def _device_word(device: torch.device) -> str:
-    return {"cuda": "GPU", "mps": "GPU (MPS)"}.get(device.type, f"{device.type} device")
+    return {"cuda": "GPU", "mps": "GPU (MPS)"}.get(device.type, "device")
