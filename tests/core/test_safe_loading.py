@@ -299,3 +299,17 @@ def test_load_model_runs_the_validator(tiny_model_dir, tmp_path, field, value, w
     (model / "model.json").write_text(json.dumps(meta))
     with pytest.raises(ModelFormatError, match=re.escape(words)):
         load_model(model)
+
+
+def test_model_json_asking_for_a_huge_network_is_refused_before_building_it(tiny_model_dir, tmp_path):
+    """base_channels 1024 on a 4-level U-Net is billions of weights (tens of GB): checked against the weights file first."""
+    import time
+
+    model = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    meta = json.loads((model / "model.json").read_text())
+    meta.update(arch="resunet_b4_rf424", arch_kwargs={"base_channels": 1024})
+    (model / "model.json").write_text(json.dumps(meta))
+    started = time.perf_counter()
+    with pytest.raises(ModelFormatError, match="do not fit the architecture"):
+        load_model(model)
+    assert time.perf_counter() - started < 10

@@ -145,16 +145,39 @@ def load_model(directory: str | os.PathLike, *, task: str | None = None, map_loc
         raise ModelFormatError(f"{meta_path}: a {meta['task']} model has one output channel, not {meta['out_channels']}")
     if task is not None and meta["task"] != task:
         raise ModelFormatError(f"the model in {str(path)!r} was trained for task {meta['task']!r}, not {task!r}")
-    net = create_model(meta["arch"], in_channels=meta["in_channels"], out_channels=meta["out_channels"], **meta["arch_kwargs"])
+    build = dict(in_channels=meta["in_channels"], out_channels=meta["out_channels"], **meta["arch_kwargs"])
     try:
-        state = load_file(str(weights_path), device=map_location)
+        shapes = _header_shapes(weights_path)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         note = pickle_note(weights_path)
         raise ModelFormatError(f"{weights_path} is not a readable safetensors file" + (f": {note}" if note else f" ({exc})")) from None
+    try:  # the architecture on the meta device (no memory) first: a model.json asking for a huge network is refused
+        with torch.device("meta"):  # unless the weights file really holds that many weights
+            probe = create_model(meta["arch"], **build)
+    except ModelFormatError:
+        raise
+    except Exception:  # noqa: BLE001 - an architecture that cannot be built on the meta device is checked after loading
+        probe = None
+    if probe is not None:
+        check_state_dict(probe, shapes, source=str(weights_path))
+        del probe
+    net = create_model(meta["arch"], **build)
+    try:
+        state = load_file(str(weights_path), device=map_location)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise ModelFormatError(f"{weights_path} is not a readable safetensors file ({exc})") from None
     check_state_dict(net, state, source=str(weights_path))
     net.load_state_dict(state, strict=True)
     net.eval()
     return TrainedModel(net=net, meta=meta, log=_read_log(path / LOG_NAME))
+
+
+def _header_shapes(weights_path: Path) -> dict[str, torch.Tensor]:
+    """The tensors named in a safetensors header, as shape-only (meta) tensors; nothing is read but the header."""
+    from safetensors import safe_open
+
+    with safe_open(str(weights_path), framework="pt") as fh:
+        return {k: torch.empty(fh.get_slice(k).get_shape(), device="meta") for k in fh.keys()}
 
 
 def check_state_dict(net: torch.nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:
