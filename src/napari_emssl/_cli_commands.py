@@ -9,10 +9,8 @@ import sys
 import threading
 from pathlib import Path
 
-import numpy as np
-
 from . import api
-from .cli import EXIT_CANCELLED, EXIT_ERROR, EXIT_OK, output_path
+from .cli import EXIT_CANCELLED, EXIT_ERROR, EXIT_OK
 from .config import FinetuneConfig, PredictConfig, PretrainConfig
 from .engine.cancel import CancelToken
 from .engine.events import PredictionTile, Preview, RunCancelled, RunFinished, RunStarted, StepEnd
@@ -206,70 +204,82 @@ def finetune(args) -> int:
     return EXIT_OK
 
 
-def _write_probabilities(path: Path, probs: np.ndarray) -> None:
-    """(K, Y, X) via write_image; a stack's (K, Z, Y, X) as a 4D TIFF with axes CZYX (write_image takes 2D/3D only)."""
-    probs = probs.astype(np.float32, copy=False)
-    if probs.ndim <= 3:
-        write_image(path, probs)
-        return
-    import os
-
-    import tifffile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tifffile.imwrite(tmp, probs, compression="zlib", photometric="minisblack", metadata={"axes": "CZYX"})
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise InputError(f"Could not write '{path}' ({exc.strerror or exc}); check the disk space and permissions.") from exc
-
-
 def predict(args) -> int:
+    """Apply a model to files, folders or globs; each result streamed to disk slice by slice (see batch)."""
     _quiet_tifffile()
+    from .batch import iter_predict_files
     from .engine.device import resolve_device
+    from .engine.events import FileEnded, FileStarted
     from .engine.model_dir import load_model
 
     config = PredictConfig(device=args.device, tile=args.tile, batch_size=args.batch_size, probabilities=args.probabilities,
-                           keep_dtype=args.keep_dtype, tta=args.tta)
+                           keep_dtype=args.keep_dtype, tta=args.tta, compile=args.compile)
     resolve_device(config.device)  # a device that is not there fails once, before any input is read
-    if args.target and len(args.input) != 1:
-        raise InputError("--target scores one input; give a single --input with it")
     model = load_model(args.model)
-    target_image = read_image(args.target)[0] if args.target else None
+    if args.target:
+        return _predict_scored(args, model, config)
     token = CancelToken()
-    failed = 0
-    for path in args.input:
-        try:
-            image, meta = read_image(path)
-            with ctrl_c_cancels(token):
-                last = api.run_to_end(api.iter_predict(model, image, config, target=target_image, cancel=token),
-                                      Progress(Path(path).name, args.quiet))
-            if isinstance(last, RunCancelled):
-                print("emssl: cancelled; outputs written so far are complete", file=sys.stderr)
-                return EXIT_CANCELLED
-            result = last.result
-            target = output_path(args.out, path)
-            if result.image is not None:
-                from .tasks.superres import output_scale
+    progress: Progress | None = None
 
-                scale = output_scale(meta.scale, result.scale_factor) if meta.scale is not None else None
-                write_image(target, result.image, scale=scale)
-                if result.info.get("clipped_pixels"):
-                    print(f"emssl: note: {result.info['clipped_pixels']} pixel(s) of {path} were outside the range of "
-                          f"{image.dtype} and were clipped", file=sys.stderr)
-            else:
-                write_image(target, result.labels, scale=meta.scale)
-            if result.probabilities is not None:
-                _write_probabilities(output_path(args.out, path, "_probabilities"), result.probabilities)
-        except InputError as exc:  # this input is bad: say so, go on with the others, exit 1 at the end
-            print(f"emssl: error: {exc}", file=sys.stderr)
-            failed += 1
-            continue
-        scores = f" (PSNR {result.metrics['psnr']:.2f} dB, SSIM {result.metrics['ssim']:.3f})" if result.metrics else ""
-        print(f"{path} -> {target}{scores}")
-    return EXIT_ERROR if failed else EXIT_OK
+    def on_event(event) -> None:
+        nonlocal progress
+        if isinstance(event, FileStarted):
+            progress = Progress(f"[{event.index + 1}/{event.count}] {Path(event.path).name}", args.quiet)
+        elif isinstance(event, FileEnded):
+            if progress is not None and progress.bar is not None:
+                progress.bar.close()
+            if event.status == "done":
+                print(f"{event.path} -> {event.output} ({event.seconds:.1f} s)")
+            elif event.status == "skipped":
+                print(f"{event.path}: skipped, {event.reason}")
+            elif event.status == "failed":
+                where = "" if event.path in event.reason else f"{event.path}: "
+                print(f"emssl: error: {where}{event.reason}", file=sys.stderr)
+        elif progress is not None and not isinstance(event, (RunFinished, RunCancelled)):
+            progress(event)
+
+    with ctrl_c_cancels(token):
+        last = api.run_to_end(iter_predict_files(model, args.input, args.out, config, fmt=args.format,
+                                                 overwrite=args.overwrite, cancel=token), on_event)
+    summary = last.result
+    if isinstance(last, RunCancelled):
+        print(f"emssl: cancelled; {len(summary.done)} file(s) done, their outputs complete; nothing half-written was kept",
+              file=sys.stderr)
+        return EXIT_CANCELLED
+    if len(summary.done) + len(summary.skipped) + len(summary.failed) > 1:
+        print(f"{summary.line()}")
+    return EXIT_ERROR if summary.failed else EXIT_OK
+
+
+def _predict_scored(args, model, config: PredictConfig) -> int:
+    """One input scored against ``--target`` (PSNR, SSIM): predicted in memory, then written."""
+    from .batch import expand_inputs, output_paths
+    from .tasks.superres import output_scale
+
+    inputs = expand_inputs(args.input)
+    if len(inputs) != 1:
+        raise InputError("--target scores one input; give a single --input with it")
+    target_path = output_paths(inputs, args.out, model.task, "tif")[0]
+    if target_path.exists() and not args.overwrite:
+        print(f"{inputs[0]}: skipped, the output exists already (--overwrite to replace it)")
+        return EXIT_OK
+    image, meta = read_image(inputs[0])
+    token = CancelToken()
+    with ctrl_c_cancels(token):
+        last = api.run_to_end(api.iter_predict(model, image, config, target=read_image(args.target)[0], cancel=token),
+                              Progress(inputs[0].name, args.quiet))
+    if isinstance(last, RunCancelled):
+        print("emssl: cancelled; nothing written", file=sys.stderr)
+        return EXIT_CANCELLED
+    result = last.result
+    scale = output_scale(meta.scale, result.scale_factor) if meta.scale is not None else None
+    write_image(target_path, result.image if result.image is not None else result.labels, scale=scale)
+    if result.info.get("clipped_pixels"):
+        print(f"emssl: note: {result.info['clipped_pixels']} pixel(s) were outside the range of {image.dtype} and were clipped",
+              file=sys.stderr)
+    scores = f" (PSNR {result.metrics['psnr']:.2f} dB, SSIM {result.metrics['ssim']:.3f})" if result.metrics else ""
+    print(f"{inputs[0]} -> {target_path}{scores}")
+    return EXIT_OK
 
 
 def models(args) -> int:

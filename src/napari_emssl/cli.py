@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from . import __version__
 from .config import METHODS, TASKS, PretrainConfig
@@ -78,18 +77,29 @@ def build_parser() -> argparse.ArgumentParser:
                     help="self-supervised denoising: fraction of pixels hidden from the network per patch (default 0.01)")
     common(ft)
 
-    pr = sub.add_parser("predict", help="apply a model directory to images; writes OUT/<input stem>.tif")
+    pr = sub.add_parser("predict", help="apply a model to images, folders or globs; writes OUT/<input stem>.tif",
+                        description="Every input is read lazily and its result written slice by slice under a temporary "
+                                    "name, renamed when complete, so stacks larger than memory work and a stopped run "
+                                    "leaves no half-written file. Existing outputs are skipped unless --overwrite. One "
+                                    "failing file does not stop the others; the exit code is 1 if any failed.")
     pr.add_argument("--model", required=True, help="model directory")
-    pr.add_argument("--input", required=True, nargs="+", help="TIFF image(s) or stack(s)")
-    pr.add_argument("--out", required=True, help="output folder")
-    pr.add_argument("--probabilities", action="store_true", help="also write <stem>_probabilities.tif (class axis first)")
+    pr.add_argument("--input", required=True, nargs="+",
+                    help="TIFF images or stacks, zarr/OME-Zarr folders, folders of images, or globs such as 'scans/*.tif'")
+    pr.add_argument("--out", help="output folder (default: beside each input, as <stem>_segmentation.tif, "
+                                  "<stem>_denoised.tif, ...)")
+    pr.add_argument("--format", choices=("tif", "zarr"), default="tif", help="tif (default) or zarr (OME-Zarr)")
+    pr.add_argument("--overwrite", action="store_true", help="replace outputs that exist (default: skip those inputs)")
+    pr.add_argument("--probabilities", action="store_true",
+                    help="also write <stem>_probabilities.tif (ImageJ hyperstack: class axis first for 2D, ZCYX for stacks)")
     pr.add_argument("--target", help="restoration: a clean / high-resolution image to score the result against (PSNR, SSIM)")
     pr.add_argument("--keep-dtype", action="store_true",
                     help="restoration: write the input's pixel type (rounded, clipped to its range) instead of float32")
     pr.add_argument("--tta", action="store_true",
                     help="restoration: average the predictions of the 8 flips/rotations of each slice (8x slower)")
-    pr.add_argument("--tile", type=int, default=256)
-    pr.add_argument("--batch-size", type=int, default=4)
+    pr.add_argument("--tile", type=int, default=256, help="tile side in pixels (default 256)")
+    pr.add_argument("--batch-size", type=int, default=4,
+                    help="tiles per batch (default 4; on CUDA chosen from the free GPU memory)")
+    pr.add_argument("--compile", action="store_true", help="torch.compile the network (CUDA; pays off on big stacks)")
     common(pr)
 
     md = sub.add_parser("models", help="list architectures, bundled weights and model directories")
@@ -125,16 +135,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"emssl: error: {type(exc).__name__}: {exc} (run again with --debug for the traceback)", file=sys.stderr)
         return EXIT_ERROR
-
-
-def output_path(out_dir: str, input_path: str, suffix: str = "") -> Path:
-    """OUT/<input stem><suffix>.tif (``.ome`` dropped from the stem)."""
-    stem = Path(input_path).name
-    for ext in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".png", ".jpg", ".jpeg"):
-        if stem.lower().endswith(ext):
-            stem = stem[: -len(ext)]
-            break
-    return Path(out_dir) / f"{stem}{suffix}.tif"
 
 
 if __name__ == "__main__":

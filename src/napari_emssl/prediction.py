@@ -266,8 +266,12 @@ def _apply(model, net, image, shape, config, make_sinks, device, cancel, name) -
         raise
     finally:
         reader.shutdown(wait=True, cancel_futures=True)
-    for sink in sinks.values():
-        sink.close()
+    try:
+        for sink in sinks.values():
+            sink.close()
+    except BaseException:
+        _abort(sinks)  # a result is complete only with all its outputs
+        raise
     if getattr(planes.fn, "backoffs", 0):
         info["oom_backoffs"] = planes.fn.backoffs
         info["batch_size"] = planes.fn.max_batch

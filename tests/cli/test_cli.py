@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -158,9 +159,11 @@ def test_finetune_then_predict(capsys, files, tmp_path):
     probs = tifffile.imread(out_dir / "cells_probabilities.tif")
     assert probs.shape == (2, 64, 64) and probs.dtype == np.float32
     np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=1e-4)
-    probs3d = tifffile.imread(out_dir / "stack_probabilities.tif")  # class axis first: (K, Z, Y, X)
-    assert probs3d.shape == (2, 3, 64, 64) and probs3d.dtype == np.float32
-    np.testing.assert_array_equal(probs3d.argmax(axis=0) + 1, stack_labels)
+    probs3d = tifffile.imread(out_dir / "stack_probabilities.tif")  # ImageJ hyperstack order: (Z, K, Y, X)
+    assert probs3d.shape == (3, 2, 64, 64) and probs3d.dtype == np.float32
+    np.testing.assert_array_equal(probs3d.argmax(axis=1) + 1, stack_labels)
+    with tifffile.TiffFile(out_dir / "stack_probabilities.tif") as tif:
+        assert tif.series[0].axes == "ZCYX"
 
 
 def test_finetune_from_model_dir(capsys, files, tmp_path, tiny_model_dir):
@@ -484,10 +487,16 @@ def test_demo(capsys, tmp_path):
 
 
 def test_output_path_names():
-    assert cli.output_path("out", "/data/a/cells.tif").as_posix() == "out/cells.tif"
-    assert cli.output_path("out", "stack.ome.tiff").as_posix() == "out/stack.tif"
-    assert cli.output_path("out", "x.TIF", "_probabilities").as_posix() == "out/x_probabilities.tif"
-    assert cli.output_path("out", "img.png").as_posix() == "out/img.tif"
+    from napari_emssl.batch import output_paths
+
+    def one(name, suffix=None, fmt="tif"):
+        return output_paths([Path(name)], "out", "segment", fmt, suffix)[0].as_posix()
+
+    assert one("/data/a/cells.tif") == "out/cells.tif"
+    assert one("stack.ome.tiff") == "out/stack.tif"
+    assert one("x.TIF", "_probabilities") == "out/x_probabilities.tif"
+    assert one("img.png") == "out/img.tif"
+    assert one("vol.zarr", fmt="zarr") == "out/vol.ome.zarr"
 
 
 def test_input_errors_are_emssl_errors():

@@ -83,7 +83,7 @@ class TiffSink(_Planes):
                  compression: str | None = "zlib", queue_planes: int = 2) -> None:
         import tifffile
 
-        plane_ndim = 3 if axes == "ZCYX" else 2
+        plane_ndim = 3 if "C" in (axes or "") else 2
         super().__init__(shape, dtype if np.dtype(dtype) != bool else np.uint8, plane_ndim)
         self.path = Path(path)
         if compression not in (None, *COMPRESSIONS):
@@ -115,7 +115,11 @@ class TiffSink(_Planes):
 
     def _put(self, item: Any) -> None:
         while True:
-            if self._error is not None or not self._thread.is_alive():
+            if self._error is not None:
+                self._raise(f"writing '{self.path}' failed")
+            if not self._thread.is_alive():
+                if item is _END:  # tifffile stops reading once it has every page
+                    return
                 self._raise(f"writing '{self.path}' stopped")
             try:
                 self._queue.put(item, timeout=0.2)
@@ -242,7 +246,22 @@ def _temporary_file(path: Path) -> str:
     except OSError as exc:
         raise InputError(f"Cannot write into the folder '{folder}' ({exc.strerror or exc}); choose a folder you can write to.") from exc
     os.close(fd)
+    _readable(tmp)
     return tmp
+
+
+def _readable(path: str) -> None:
+    """Give a temporary file the permissions a normally created file gets (mkstemp makes it private)."""
+    umask = 0o022
+    try:  # read, not set: os.umask() would change it for every thread for a moment
+        with open("/proc/self/status") as fh:
+            umask = next((int(line.split()[1], 8) for line in fh if line.startswith("Umask:")), umask)
+    except (OSError, ValueError):
+        pass
+    try:
+        os.chmod(path, 0o666 & ~umask)
+    except OSError:
+        pass
 
 
 def _fsync(path: str) -> None:

@@ -202,6 +202,9 @@ def write_image(path: str | os.PathLike, array: np.ndarray, *, scale=None, compr
     except OSError as exc:
         raise InputError(f"Cannot write into the folder '{folder}' ({exc.strerror or exc}); choose a folder you can write to.") from exc
     os.close(fd)
+    from napari_emssl.io.sinks import _readable
+
+    _readable(tmp)
     try:
         tifffile.imwrite(tmp, array, **kwargs)
         os.replace(tmp, path)

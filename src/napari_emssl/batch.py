@@ -1,0 +1,201 @@
+"""Apply one model to many image files: a folder, a glob or a list, streaming every result to disk.
+
+Every input is read lazily (memory-mapped or chunk by chunk, see :mod:`napari_emssl.io.lazy`)
+and its result written slice by slice to a TIFF or OME-Zarr file under a temporary name,
+renamed when complete: memory stays bounded by a few slices whatever the stack size, and a
+stopped or failed run never leaves a half-written file under a final name. Outputs that
+exist already are skipped unless ``overwrite``. One failing file never stops the batch:
+it is reported (``FileEnded`` with status ``failed`` and the reason) and the next one starts.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import PredictConfig
+from .engine.cancel import CancelToken
+from .engine.events import Event, FileEnded, FileStarted, RunCancelled, RunFinished, RunStarted
+from .engine.model_dir import TrainedModel, load_model
+from .errors import EmsslError, InputError
+from .io.lazy import is_zarr_path, open_lazy
+from .io.sinks import SINK_FORMATS, open_sink, output_suffix
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+_STRIP = (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr", ".png", ".jpg", ".jpeg")
+RESULT_KINDS = {"segment": "segmentation", "denoise": "denoised", "bgremove": "background_removed", "superres": "superres"}
+
+
+@dataclass
+class BatchSummary:
+    """What a batch run did with each input (paths as given, outputs as written)."""
+
+    done: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (input, reason)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (input, reason)
+    seconds: float = 0.0
+    megapixels: float = 0.0
+
+    def line(self) -> str:
+        return (f"{len(self.done)} done, {len(self.skipped)} skipped, {len(self.failed)} failed "
+                f"in {self.seconds:.1f} s ({self.megapixels / max(self.seconds, 1e-9):.2f} megapixels/s)")
+
+
+def expand_inputs(items: Sequence[str | os.PathLike]) -> list[Path]:
+    """Files, folders (their images, sorted; zarr folders count as one image) and glob patterns -> image paths.
+
+    Raises :class:`InputError` for an item that matches nothing.
+    """
+    paths: list[Path] = []
+    for item in items:
+        text = str(item)
+        p = Path(text)
+        if is_zarr_path(p) or p.is_file():
+            found = [p]
+        elif p.is_dir():
+            found = sorted(c for c in p.iterdir() if (c.is_file() and c.suffix.lower() in IMAGE_SUFFIXES
+                                                      and not c.name.startswith(".")) or is_zarr_path(c))
+            if not found:
+                raise InputError(f"The folder '{text}' holds no TIFF, PNG or JPEG images (nor zarr folders).")
+        elif glob.has_magic(text):
+            found = sorted(Path(m) for m in glob.glob(text, recursive=True)
+                           if (Path(m).is_file() and not Path(m).name.startswith(".")) or is_zarr_path(m))
+            if not found:
+                raise InputError(f"No image matches '{text}'.")
+        else:
+            raise InputError(f"'{text}' does not exist; expected an image file, a folder of images or a glob such as 'scans/*.tif'.")
+        paths += [f for f in found if f not in paths]
+    return paths
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for ext in _STRIP:
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return path.stem
+
+
+def output_paths(inputs: Sequence[Path], out_dir: str | os.PathLike | None, task: str, fmt: str = "tif",
+                 suffix: str | None = None) -> list[Path]:
+    """Where each input's result goes: ``OUT/<stem><suffix>`` or, without ``out_dir``, beside the input
+    as ``<stem>_<kind><suffix>`` (``kind``: segmentation, denoised, ...). Inputs of the same name from
+    different folders get their folder's name in front, so no result overwrites another."""
+    ending = output_suffix(fmt)
+    names = [_stem(p) for p in inputs]
+    outs = []
+    for path, name in zip(inputs, names):
+        if out_dir is None:
+            outs.append(path.parent / f"{name}_{RESULT_KINDS.get(task, task)}{suffix or ''}{ending}")
+            continue
+        if names.count(name) > 1:
+            name = f"{path.resolve().parent.name}_{name}"
+        outs.append(Path(out_dir) / f"{name}{suffix or ''}{ending}")
+    seen: dict[Path, Path] = {}
+    for path, out in zip(inputs, outs):
+        if out in seen:
+            raise InputError(f"'{path}' and '{seen[out]}' would both be written to '{out}'; rename one of them.")
+        seen[out] = path
+    return outs
+
+
+def iter_predict_files(
+    model: TrainedModel | str,
+    inputs: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike | None = None,
+    config: PredictConfig | None = None,
+    *,
+    fmt: str = "tif",
+    overwrite: bool = False,
+    cancel: CancelToken | None = None,
+) -> Iterator[Event]:
+    """Apply ``model`` to every input file; yield ``FileStarted``/``FileEnded`` around each file's own
+    prediction events and end with ``RunFinished`` (result: :class:`BatchSummary`) or ``RunCancelled``.
+    """
+    from .prediction import iter_apply
+    from .tasks.superres import output_scale
+
+    config = config or PredictConfig()
+    if fmt not in SINK_FORMATS:
+        raise InputError(f"Unknown output format {fmt!r}; expected one of {', '.join(SINK_FORMATS)}.")
+    if not isinstance(model, TrainedModel):
+        model = load_model(model)
+    paths = expand_inputs(inputs)
+    outs = output_paths(paths, out_dir, model.task, fmt)
+    prob_outs = output_paths(paths, out_dir, model.task, "tif", suffix="_probabilities") if config.probabilities else None
+    summary, started, count = BatchSummary(), time.perf_counter(), len(paths)
+    yield RunStarted(kind="batch", total_steps=count, device=str(config.device), info={"files": count, "format": fmt})
+    for index, (path, out) in enumerate(zip(paths, outs)):
+        if cancel is not None and cancel.cancelled:
+            summary.seconds = time.perf_counter() - started
+            yield RunCancelled(step=index, seconds=summary.seconds, result=summary)
+            return
+        yield FileStarted(index=index, count=count, path=str(path), output=str(out))
+        if not overwrite and out.exists():
+            reason = "the output exists already (not overwritten)"
+            summary.skipped.append((str(path), reason))
+            yield FileEnded(index, count, str(path), str(out), "skipped", reason)
+            continue
+        file_started = time.perf_counter()
+        try:
+            image, meta = open_lazy(path)
+            scale = meta.scale
+
+            def make_sinks(specs, scale=scale, out=out, index=index):
+                sinks = {}
+                try:
+                    for key, (shape, dtype, axes) in specs.items():
+                        sink_scale = scale
+                        if scale is not None and key == "image" and shape[-1] != image.shape[-1]:
+                            sink_scale = output_scale(scale, shape[-1] // image.shape[-1])
+                        if key == "probabilities":
+                            target = prob_outs[index]
+                            sink_scale = None
+                            sinks[key] = open_sink("tif", target, shape, dtype, axes=axes)
+                        else:
+                            sinks[key] = open_sink(fmt, out, shape, dtype, scale=sink_scale, axes=axes)
+                except BaseException:
+                    for sink in sinks.values():
+                        sink.abort()
+                    raise
+                return sinks
+
+            last = None
+            for event in iter_apply(model, image, config, make_sinks, cancel=cancel, name=f"image '{path}'"):
+                if isinstance(event, (RunFinished, RunCancelled)):
+                    last = event
+                    break
+                yield event  # the file's own RunStarted, PredictionTile and PredictionSlice events
+            if isinstance(last, RunCancelled):
+                summary.seconds = time.perf_counter() - started
+                yield FileEnded(index, count, str(path), str(out), "stopped", "stopped before it was complete; nothing written")
+                yield RunCancelled(step=index, seconds=summary.seconds, result=summary)
+                return
+        except EmsslError as exc:
+            reason = str(exc)
+        except MemoryError:
+            reason = "out of memory"
+        except Exception as exc:  # noqa: BLE001 - one bad file never stops the batch; the reason is reported
+            reason = f"{type(exc).__name__}: {exc}"
+        else:
+            seconds = time.perf_counter() - file_started
+            summary.done.append((str(path), str(out)))
+            summary.megapixels += _megapixels(image)
+            yield FileEnded(index, count, str(path), str(out), "done", seconds=seconds)
+            continue
+        summary.failed.append((str(path), reason))
+        yield FileEnded(index, count, str(path), str(out), "failed", reason, time.perf_counter() - file_started)
+    summary.seconds = time.perf_counter() - started
+    yield RunFinished(result=summary, seconds=summary.seconds)
+
+
+def _megapixels(image: Any) -> float:
+    n = 1
+    for side in image.shape:
+        n *= int(side)
+    return n / 1e6
