@@ -102,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--compile", action="store_true", help="torch.compile the network (CUDA; pays off on big stacks)")
     common(pr)
 
+    from ._cli_export import add_parser as add_export_parser  # light: no torch
+
+    add_export_parser(sub)
+
     md = sub.add_parser("models", help="list architectures, bundled weights and model directories")
     md.add_argument("--dir", help="also list the model directories found below this folder")
     md.add_argument("--debug", action="store_true")
@@ -120,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     from . import _cli_commands as commands  # heavy imports (torch) only after parsing
 
     handler = {"pretrain": commands.pretrain, "finetune": commands.finetune, "predict": commands.predict, "models": commands.models, "demo": commands.demo}
+    from . import _cli_export
+
+    handler["export"] = _cli_export.export
     try:
         return handler[args.command](args)
     except KeyboardInterrupt:
