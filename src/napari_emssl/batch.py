@@ -117,9 +117,6 @@ def iter_predict_files(
     """Apply ``model`` to every input file; yield ``FileStarted``/``FileEnded`` around each file's own
     prediction events and end with ``RunFinished`` (result: :class:`BatchSummary`) or ``RunCancelled``.
     """
-    from .prediction import iter_apply
-    from .tasks.superres import output_scale
-
     config = config or PredictConfig()
     if fmt not in SINK_FORMATS:
         raise InputError(f"Unknown output format {fmt!r}; expected one of {', '.join(SINK_FORMATS)}.")
@@ -143,39 +140,7 @@ def iter_predict_files(
             continue
         file_started = time.perf_counter()
         try:
-            image, meta = open_lazy(path)
-            scale = meta.scale
-
-            def make_sinks(specs, scale=scale, out=out, index=index):
-                sinks = {}
-                try:
-                    for key, (shape, dtype, axes) in specs.items():
-                        sink_scale = scale
-                        if scale is not None and key == "image" and shape[-1] != image.shape[-1]:
-                            sink_scale = output_scale(scale, shape[-1] // image.shape[-1])
-                        if key == "probabilities":
-                            target = prob_outs[index]
-                            sink_scale = None
-                            sinks[key] = open_sink("tif", target, shape, dtype, axes=axes)
-                        else:
-                            sinks[key] = open_sink(fmt, out, shape, dtype, scale=sink_scale, axes=axes)
-                except BaseException:
-                    for sink in sinks.values():
-                        sink.abort()
-                    raise
-                return sinks
-
-            last = None
-            for event in iter_apply(model, image, config, make_sinks, cancel=cancel, name=f"image '{path}'"):
-                if isinstance(event, (RunFinished, RunCancelled)):
-                    last = event
-                    break
-                yield event  # the file's own RunStarted, PredictionTile and PredictionSlice events
-            if isinstance(last, RunCancelled):
-                summary.seconds = time.perf_counter() - started
-                yield FileEnded(index, count, str(path), str(out), "stopped", "stopped before it was complete; nothing written")
-                yield RunCancelled(step=index, seconds=summary.seconds, result=summary)
-                return
+            pixels = yield from _predict_file(model, path, out, prob_outs[index] if prob_outs else None, config, fmt, cancel)
         except EmsslError as exc:
             reason = str(exc)
         except MemoryError:
@@ -183,10 +148,14 @@ def iter_predict_files(
         except Exception as exc:  # noqa: BLE001 - one bad file never stops the batch; the reason is reported
             reason = f"{type(exc).__name__}: {exc}"
         else:
-            seconds = time.perf_counter() - file_started
+            if pixels is None:  # stopped
+                summary.seconds = time.perf_counter() - started
+                yield FileEnded(index, count, str(path), str(out), "stopped", "stopped before it was complete; nothing written")
+                yield RunCancelled(step=index, seconds=summary.seconds, result=summary)
+                return
             summary.done.append((str(path), str(out)))
-            summary.megapixels += _megapixels(image)
-            yield FileEnded(index, count, str(path), str(out), "done", seconds=seconds)
+            summary.megapixels += pixels / 1e6
+            yield FileEnded(index, count, str(path), str(out), "done", seconds=time.perf_counter() - file_started)
             continue
         summary.failed.append((str(path), reason))
         yield FileEnded(index, count, str(path), str(out), "failed", reason, time.perf_counter() - file_started)
@@ -194,8 +163,45 @@ def iter_predict_files(
     yield RunFinished(result=summary, seconds=summary.seconds)
 
 
-def _megapixels(image: Any) -> float:
+def _predict_file(model: TrainedModel, path: Path, out: Path, prob_out: Path | None, config: PredictConfig, fmt: str,
+                  cancel: CancelToken | None):
+    """One input streamed to its output(s); yields its prediction events, returns its pixel count (None if stopped)."""
+    from .prediction import iter_apply
+    from .tasks.superres import output_scale
+
+    image, meta = open_lazy(path)
+    try:
+        def make_sinks(specs):
+            sinks = {}
+            try:
+                for key, (shape, dtype, axes) in specs.items():
+                    if key == "probabilities":
+                        sinks[key] = open_sink("tif", prob_out, shape, dtype, axes=axes)
+                        continue
+                    scale = meta.scale
+                    if scale is not None and shape[-1] != image.shape[-1]:  # super-resolution
+                        scale = output_scale(scale, shape[-1] // image.shape[-1])
+                    sinks[key] = open_sink(fmt, out, shape, dtype, scale=scale, axes=axes)
+            except BaseException:
+                for sink in sinks.values():
+                    sink.abort()
+                raise
+            return sinks
+
+        for event in iter_apply(model, image, config, make_sinks, cancel=cancel, name=f"image '{path}'"):
+            if isinstance(event, RunCancelled):
+                return None
+            if isinstance(event, RunFinished):
+                return _pixels(image)
+            yield event  # the file's own RunStarted, PredictionTile and PredictionSlice events
+        return None
+    finally:
+        if hasattr(image, "close"):
+            image.close()
+
+
+def _pixels(image: Any) -> int:
     n = 1
     for side in image.shape:
         n *= int(side)
-    return n / 1e6
+    return n

@@ -1,9 +1,10 @@
-"""Open big images without loading them: TIFF (memory-mapped or chunk by chunk) and zarr / OME-Zarr.
+"""Open big images without loading them: TIFF (chunk by chunk) and zarr / OME-Zarr.
 
 :func:`open_lazy` returns an array-like that reads only what is indexed (``array[z]`` reads
 one slice), so a stack larger than memory can be processed slice by slice. Uncompressed
-contiguous TIFFs are memory-mapped; compressed or tiled ones are read through tifffile's
-zarr view, one page or tile at a time. Zarr arrays and OME-Zarr images (the first,
+TIFFs, compressed or not, are read through tifffile's zarr view, one page (or tile) at a
+time into fresh memory that is freed again (not memory-mapped: mapped pages would count
+towards the process's memory until the whole file had been touched). Zarr arrays and OME-Zarr images (the first,
 full-resolution dataset) are opened as zarr arrays. Anything that is not a greyscale 2D image
 or 3D stack after dropping length-1 axes (colour, 4D and more) falls back to
 :func:`~napari_emssl.io.tiff.read_image`, which loads it and converts it or refuses it
@@ -23,7 +24,7 @@ from napari_emssl.io.pixel_size import tiff_scale, unit_factor
 from napari_emssl.io.tiff import _TIFF_MAGIC, ImageMeta, read_image
 from napari_emssl.io.tiff_integrity import check_complete
 
-__all__ = ["open_lazy", "is_zarr_path"]
+__all__ = ["LazyArray", "open_lazy", "is_zarr_path", "ome_zarr_attrs"]
 
 
 def is_zarr_path(path: str | os.PathLike) -> bool:
@@ -68,14 +69,17 @@ def _open_tiff(path: Path):
                          "the file may be truncated or corrupted: copy it again.") from exc
     try:
         if not tif.series or len(tif.series) != 1:
+            tif.close()
             return None  # page-per-series files and empty ones: the eager reader knows them
         series = tif.series[0]
         shape, axes, index = _squeezed(tuple(series.shape), series.axes)
         if len(shape) not in (2, 3) or "S" in axes or not axes.endswith("YX"):
+            tif.close()
             return None
         check_complete(tif, [series], name)
         page = series.keyframe
         if int(page.photometric) == 2:  # RGB
+            tif.close()
             return None
         scale_all, unit = tiff_scale(tif, page, series.axes)
         scale = None
@@ -83,28 +87,26 @@ def _open_tiff(path: Path):
             scale = tuple(s for s, i in zip(scale_all, index) if isinstance(i, slice))
             if len(scale) != len(shape) or any(s is None for s in scale):
                 scale = None
-        try:
-            array = tifffile.memmap(path, mode="r", series=0)
-        except (ValueError, OSError, RuntimeError):
-            import zarr
+        import zarr
 
-            array = zarr.open(tif.series[0].aszarr(), mode="r")
-        array = _Indexed(array, index, shape) if any(not isinstance(i, slice) for i in index) else array
+        array = LazyArray(zarr.open(series.aszarr(), mode="r"), index, shape, owner=tif)
         meta = ImageMeta(scale=scale, axes="YX" if len(shape) == 2 else "ZYX", dtype=str(np.dtype(array.dtype)), path=name,
                          unit=unit if scale else None)
         return array, meta
     except InputError:
+        tif.close()
         raise
     except Exception:
+        tif.close()
         return None  # anything unusual: let the eager reader decide (and explain)
-    # the TiffFile stays open as long as its zarr view is used; memmaps do not need it
 
 
-class _Indexed:
-    """A view of an array-like with some length-1 axes dropped (reads stay lazy)."""
+class LazyArray:
+    """An array-like over a zarr array that reads only what is indexed, with length-1 axes dropped;
+    ``close()`` closes the file it reads from (also when used as a context manager)."""
 
-    def __init__(self, array: Any, index: tuple, shape: tuple[int, ...]) -> None:
-        self._array, self._index = array, index
+    def __init__(self, array: Any, index: tuple, shape: tuple[int, ...], owner: Any = None) -> None:
+        self._array, self._index, self._owner = array, index, owner
         self.shape, self.dtype, self.ndim = shape, np.dtype(array.dtype), len(shape)
 
     def __getitem__(self, key) -> np.ndarray:
@@ -115,6 +117,17 @@ class _Indexed:
     def __array__(self, dtype=None, copy=None):
         full = np.asarray(self._array[self._index])
         return full.astype(dtype) if dtype is not None else full
+
+    def close(self) -> None:
+        if self._owner is not None:
+            self._owner.close()
+            self._owner = None
+
+    def __enter__(self) -> "LazyArray":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _open_zarr(path: Path):
@@ -144,7 +157,7 @@ def _open_zarr(path: Path):
         raise InputError(f"'{path}' holds an array of shape {tuple(node.shape)}; expected a 2D image (Y, X) or a 3D stack (Z, Y, X).")
     if scale is not None:
         scale = tuple(s for s, i in zip(scale, index) if isinstance(i, slice))
-    array = _Indexed(node, index, shape) if any(not isinstance(i, slice) for i in index) else node
+    array = LazyArray(node, index, shape)
     meta = ImageMeta(scale=scale, axes="YX" if len(shape) == 2 else "ZYX", dtype=str(np.dtype(node.dtype)), path=str(path),
                      unit="um" if scale else None)
     return array, meta
@@ -169,19 +182,13 @@ def _ome_scale(multiscale: dict, dataset: dict) -> tuple[float, ...] | None:
 
 
 def ome_zarr_attrs(name: str, ndim: int, scale: tuple[float, ...] | None) -> dict:
-    """OME-NGFF 0.4 ``multiscales`` attributes of a one-level image (axes in micrometres)."""
+    """OME-NGFF 0.4 ``multiscales`` attributes of a one-level image (axes in micrometres; without a
+    unit, and a scale of 1, when the pixel size is not known)."""
     names = ["y", "x"] if ndim == 2 else ["z", "y", "x"]
-    axes = [{"name": n, "type": "space", "unit": "micrometer"} for n in names]
+    axes = [{"name": n, "type": "space", **({"unit": "micrometer"} if scale else {})} for n in names]
     transform = [{"type": "scale", "scale": [float(s) for s in (scale or (1.0,) * ndim)]}]
     return {"multiscales": [{"version": "0.4", "name": name, "axes": axes,
                              "datasets": [{"path": "0", "coordinateTransformations": transform}]}]}
 
 
-def describe(array: Any) -> str:
-    """How an input is read, for messages: in memory, memory-mapped or chunked."""
-    if isinstance(array, np.memmap):
-        return "memory-mapped"
-    if isinstance(array, np.ndarray):
-        return "in memory"
-    return "read chunk by chunk"
 
