@@ -249,3 +249,20 @@ def test_export_leaves_the_model_unchanged(tiny_model, tmp_path):
     assert tiny_model.net.training == training
     assert all(torch.equal(before[k], v) for k, v in tiny_model.net.state_dict().items())
     assert json.dumps(tiny_model.meta, default=str)  # meta still plain data
+
+
+def test_load_model_hook(tiny_model, tiny_model_dir, tmp_path, offline):
+    """``load_package_or_none``: a model for zipped packages, None for what load_model handles itself."""
+    from napari_emssl.export.importer import load_package_or_none
+
+    package = export_model(tiny_model, "bioimageio", tmp_path / "p.zip")
+    assert load_package_or_none(package).task == "segment"
+    assert load_package_or_none(tiny_model_dir) is None
+    assert load_package_or_none(tiny_model_dir / "model.json") is None
+    assert load_package_or_none(tmp_path / "missing") is None
+    folder = export_model(tiny_model, "bioimageio", tmp_path / "unpacked")
+    assert load_package_or_none(folder) is None  # an unpacked package is a model directory as well
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "rdf.yaml").write_text("type: model\n")
+    with pytest.raises(ModelFormatError, match="not made by napari-emssl"):
+        load_package_or_none(tmp_path / "foreign")

@@ -44,6 +44,28 @@ def is_bioimageio_package(path: str | os.PathLike) -> bool:
     return False
 
 
+def load_package_or_none(source: str | os.PathLike, *, task: str | None = None, map_location: str = "cpu") -> TrainedModel | None:
+    """The hook for :func:`~napari_emssl.engine.model_dir.load_model`: a model from a bioimage.io package, else None.
+
+    None (so ``load_model`` goes on as usual) for anything that is not a package: model
+    directories (also unpacked napari-emssl packages, which are model directories too),
+    ``model.json`` / ``model.safetensors`` paths, paths that do not exist, other files.
+    A zipped package made by napari-emssl gives its model; a package made by another tool
+    is refused with a :class:`ModelFormatError` that says so. Never calls ``load_model`` on
+    ``source`` itself, so it cannot recurse.
+    """
+    if isinstance(source, TrainedModel):
+        return None
+    path = Path(source)
+    if path.is_dir():
+        if not (path / META_NAME).exists() and is_bioimageio_package(path):
+            raise _not_ours(path)
+        return None
+    if path.is_file() and path.name not in (META_NAME, WEIGHTS_NAME) and is_bioimageio_package(path):
+        return load_any(path, task=task, map_location=map_location)
+    return None
+
+
 def load_any(source: str | os.PathLike | TrainedModel, *, task: str | None = None, map_location: str = "cpu") -> TrainedModel:
     """A :class:`TrainedModel` from a model directory, an unpacked napari-emssl bioimage.io package or its zip."""
     if isinstance(source, TrainedModel):
