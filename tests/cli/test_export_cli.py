@@ -97,6 +97,7 @@ def test_predict_applies_a_package(package, tmp_path, capsys):
     (["--model", "{model}", "--format", "onnx", "--out", "{tmp}/file.txt/m.onnx"], ["cannot write", "is a file, not a folder"]),
     (["--model", "{model}", "--format", "bioimageio", "--out", "{tmp}/full"], ["not an empty folder"]),
     (["--model", "{model}", "--format", "bioimageio", "--out", "{tmp}/p.zip", "--name", "a/b"], ["not allowed"]),
+    (["--model", "{model}", "--format", "bioimageio", "--out", "{tmp}/p.zip", "--license", "my-own"], ["unknown licence 'my-own'"]),
 ])
 def test_bad_input_is_one_line_and_exit_1(tiny_model_dir, tmp_path, capsys, argv, words):
     (tmp_path / "file.txt").write_text("x")

@@ -25,6 +25,7 @@ import contextlib
 import json
 import math
 import string
+import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -77,7 +78,6 @@ class PackageReport:
 
 def _spec():
     try:
-        import bioimageio.spec  # noqa: F401
         from bioimageio.spec.model import v0_5
     except ImportError:
         raise EmsslError(
@@ -118,6 +118,18 @@ def check_name(name: str) -> str:
             f"the bioimage.io model name {name!r} is not allowed ({why}): use 5 to 128 letters, digits, spaces and _+-()"
         )
     return name
+
+
+def check_license(license_id: str) -> str:
+    """An SPDX licence identifier bioimage.io knows (e.g. CC-BY-4.0, MIT), else an InputError."""
+    from bioimageio.spec.model.v0_5 import LicenseId
+
+    try:
+        return str(LicenseId(license_id.strip()))
+    except ValueError:
+        raise InputError(
+            f"unknown licence {license_id!r}: give an SPDX licence identifier such as CC-BY-4.0, CC0-1.0, MIT or BSD-3-Clause"
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------------- test data
@@ -289,7 +301,7 @@ def build_package(model: TrainedModel, out: Path, options: PackageOptions | None
 
     spec = graph_spec(model)
     name = check_name(options.name or default_name(model))
-    license_id = options.license or DEFAULT_LICENSE
+    license_id = check_license(options.license or DEFAULT_LICENSE)
     authors = [a.strip() for a in options.authors if a and a.strip()] or [DEFAULT_AUTHOR]
     for author in authors:
         if "/" in author:
@@ -327,24 +339,56 @@ def build_package(model: TrainedModel, out: Path, options: PackageOptions | None
         model.save(model_dir)
         (tmp / "README.md").write_text(readme(model, name, spec, diffs, test_note))
 
-        descr = _description(v0_5, model, spec, name, authors, license_id, options.description, files, tmp, model_dir)
+        try:
+            descr = _description(v0_5, model, spec, name, authors, license_id, options.description, files, tmp, model_dir)
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            raise EmsslError(f"the bioimage.io description is invalid: {_first_error(exc)}") from None
         if isinstance(descr, InvalidDescr):
             raise EmsslError(f"the bioimage.io description is invalid: {descr.validation_summary.format()}")
         if out.exists() and not _path_is_zip(out) and any(out.iterdir()):
             raise InputError(f"the output folder {str(out)!r} is not empty; give a new folder or a .zip path")
-        if _path_is_zip(out):
-            tmp_zip = out.with_name(f".{out.name}.tmp.zip")
-            try:
-                save_bioimageio_package(descr, output_path=tmp_zip)
-                tmp_zip.replace(out)
-            finally:
-                tmp_zip.unlink(missing_ok=True)
-        else:
-            save_bioimageio_package_as_folder(descr, output_path=out)
-        status = validate_package(out)
-    if status not in VALID:
-        raise EmsslError(f"the bioimage.io package {str(out)!r} did not pass validation ({status})")
+        created_folder = not out.exists()
+        try:
+            if _path_is_zip(out):
+                tmp_zip = out.with_name(f".{out.name}.tmp.zip")
+                try:
+                    save_bioimageio_package(descr, output_path=tmp_zip)
+                    tmp_zip.replace(out)
+                finally:
+                    tmp_zip.unlink(missing_ok=True)
+            else:
+                save_bioimageio_package_as_folder(descr, output_path=out)
+            status = validate_package(out)
+            if status not in VALID:
+                raise EmsslError(f"the bioimage.io package did not pass validation ({status}); nothing was written")
+        except BaseException:  # leave no package that failed to be written or validated
+            if _path_is_zip(out):
+                out.unlink(missing_ok=True)
+            elif out.is_dir() and created_folder:
+                shutil.rmtree(out)
+            elif out.is_dir():
+                for item in out.iterdir():
+                    _remove(item)
+            raise
     return PackageReport(path=out, status=status, weights=tuple(files), max_abs_diff=diffs)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def _first_error(exc: Exception) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        try:
+            first = errors()[0]
+            return f"{'.'.join(map(str, first.get('loc', ())))}: {first.get('msg')}"
+        except Exception:  # noqa: BLE001 - fall back to the message
+            pass
+    return str(exc).splitlines()[0]
 
 
 def validate_package(path: str | Path, *, run_model: bool = True) -> str:
@@ -403,7 +447,7 @@ def _description(v0_5, model, spec: GraphSpec, name, authors, license_id, descri
     from bioimageio.spec.model.v0_5 import (
         AxisId, BatchAxis, ChannelAxis, CiteEntry, Doi, EnsureDtypeDescr, EnsureDtypeKwargs, InputTensorDescr,
         IntervalOrRatioDataDescr, LicenseId, ModelDescr, OnnxWeightsDescr, OutputTensorDescr, ParameterizedSize,
-        ScaleRangeDescr, ScaleRangeKwargs, SizeReference, SpaceInputAxis, SpaceOutputAxisWithHalo, TensorId,
+        ScaleRangeDescr, ScaleRangeKwargs, SizeReference, SpaceInputAxis, SpaceOutputAxis, SpaceOutputAxisWithHalo, TensorId,
         TorchscriptWeightsDescr, Version, WeightsDescr,
     )
     from bioimageio.spec.generic.v0_3 import Author
@@ -442,14 +486,18 @@ def _description(v0_5, model, spec: GraphSpec, name, authors, license_id, descri
         out_data = IntervalOrRatioDataDescr(type="float32")
         out_description = f"{TASK_WORDS[task]} result in the input's normalised units"
     out_scale = 1.0 / spec.factor
-    output_axes = [
-        BatchAxis(),
-        ChannelAxis(channel_names=channel_names),
-        SpaceOutputAxisWithHalo(id=AxisId("y"), size=SizeReference(tensor_id=in_id, axis_id=AxisId("y")), halo=spec.halo,
-                                scale=out_scale),
-        SpaceOutputAxisWithHalo(id=AxisId("x"), size=SizeReference(tensor_id=in_id, axis_id=AxisId("x")), halo=spec.halo,
-                                scale=out_scale),
-    ]
+    def space(axis: str):
+        if spec.fixed is not None:  # a fixed size: no reference needed
+            size = spec.fixed * spec.factor
+            return (SpaceOutputAxisWithHalo(id=AxisId(axis), size=SizeReference(tensor_id=in_id, axis_id=AxisId(axis)),
+                                            halo=spec.halo, scale=out_scale) if spec.halo
+                    else SpaceOutputAxis(id=AxisId(axis), size=size, scale=out_scale))
+        reference = SizeReference(tensor_id=in_id, axis_id=AxisId(axis))
+        if spec.halo:
+            return SpaceOutputAxisWithHalo(id=AxisId(axis), size=reference, halo=spec.halo, scale=out_scale)
+        return SpaceOutputAxis(id=AxisId(axis), size=reference, scale=out_scale)
+
+    output_axes = [BatchAxis(), ChannelAxis(channel_names=channel_names), space("y"), space("x")]
     outputs = [OutputTensorDescr(id=TensorId("output"), axes=output_axes, data=out_data,
                                  test_tensor=FileDescr(source=tmp / "test_output.npy"), description=out_description)]
     torch_version = Version(torch.__version__.split("+")[0])

@@ -70,7 +70,7 @@ class GraphSpec:
     out_channels: int
     step: int  # input sides must be multiples of this
     fixed: int | None  # input side when the network only takes one size (ViT), else None
-    halo: int  # output pixels on each side that depend on pixels beyond the input (to crop when tiling)
+    halo: int  # output pixels on each side that depend on pixels beyond the input (to crop when tiling); 0: none
     sample_side: int  # input side of the example / test image
 
     @property
@@ -94,6 +94,8 @@ def graph_spec(model: TrainedModel) -> GraphSpec:
     fixed = int(img_size) // factor if img_size else None
     if fixed is not None:
         side = fixed
+        # global attention within a fixed-size input: no halo reaches past a quarter of the output side
+        halo = min(halo, (fixed * factor // 4) // factor * factor)
     else:
         side = max(128 // factor, 2 * (halo // factor) + step)
         side = int(math.ceil(side / step) * step)
