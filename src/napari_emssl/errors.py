@@ -17,6 +17,10 @@ class ModelFormatError(EmsslError, ValueError):
     """A model directory that cannot be loaded: unknown format, wrong task, bad weights."""
 
 
+class DivergedError(EmsslError, FloatingPointError):
+    """A training loss became NaN or infinite (the weights of the last finished step are kept)."""
+
+
 class DeviceMemoryError(EmsslError, RuntimeError):
     """The GPU (or MPS device) ran out of memory and the run cannot go on at a smaller batch.
 

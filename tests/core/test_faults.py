@@ -214,6 +214,22 @@ def test_out_of_memory_at_batch_size_one_stops():
         list(train(_tiny_net(), _batched_loss([], fail_above=0), total_steps=2, device=CPU, lr=1e-2, batch_size=8))
 
 
+def test_a_diverging_loss_stops_with_an_emssl_error():
+    """Not a bare FloatingPointError (the command line would print a traceback); the weights stay those of the last step."""
+    from napari_emssl.errors import DivergedError, EmsslError
+
+    net = _tiny_net()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+
+    def loss_fn(model):
+        return {"loss": model(_DATA).sum() * float("nan")}
+
+    with pytest.raises(DivergedError, match="training loss became nan at step 1") as err:
+        list(train(net, loss_fn, total_steps=2, device=CPU, lr=1e-2))
+    assert isinstance(err.value, EmsslError) and isinstance(err.value, FloatingPointError)
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+
+
 def test_other_errors_are_not_taken_for_out_of_memory():
     def loss_fn(model):
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")

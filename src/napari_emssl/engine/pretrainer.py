@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from ..config.pretrain import PretrainConfig
-from ..errors import DeviceMemoryError, EmsslError
+from ..errors import DeviceMemoryError, DivergedError  # noqa: F401 - DivergedError: re-exported (it was defined here)
 from . import distributed
 from .cancel import CancelToken
 from .checkpoint import Checkpoint, restore_checkpoint, save_checkpoint, write_pretrained
@@ -47,10 +47,6 @@ __all__ = ["PretrainState", "DivergedError", "pretrain_loop", "make_optimisers",
 #: debugging aid for DDP tests: each rank writes ``rank<R>.sha256`` of its final parameters here
 HASH_DIR_ENV = "EMSSL_DEBUG_PARAM_HASH_DIR"
 CLIP_GRAD_NORM = 1.0
-
-
-class DivergedError(EmsslError, FloatingPointError):
-    """A loss became NaN or infinite."""
 
 
 @dataclass

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import DeviceMemoryError
+from ..errors import DeviceMemoryError, DivergedError
 from .cancel import CancelToken
 from .device import autocast, is_out_of_memory, release, release_device_memory
 from .events import Event, Preview, StepEnd
@@ -93,7 +93,7 @@ def _forward_backward(net, loss_fn, device, amp: bool, step: int, sizes: list[in
 
 def _check_finite(values: dict[str, float], step: int) -> None:
     if not math.isfinite(values["loss"]):  # checked before the update, so the weights stay usable
-        raise FloatingPointError(f"the training loss became {values['loss']} at step {step}; try a lower learning rate")
+        raise DivergedError(f"the training loss became {values['loss']} at step {step}; try a lower learning rate")
 
 
 def train(
