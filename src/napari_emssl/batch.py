@@ -20,11 +20,11 @@ from typing import Any
 
 from .config import PredictConfig
 from .engine.cancel import CancelToken
-from .engine.events import Event, FileEnded, FileStarted, RunCancelled, RunFinished, RunStarted
+from .engine.events import Event, FileEnded, FileStarted, OutputOpened, RunCancelled, RunFinished, RunStarted
 from .engine.model_dir import TrainedModel, load_model
 from .errors import EmsslError, InputError
 from .io.lazy import is_zarr_path, open_lazy
-from .io.sinks import SINK_FORMATS, open_sink, output_suffix
+from .io.sinks import SINK_FORMATS, ZarrSink, open_sink, output_suffix
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 _STRIP = (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr", ".png", ".jpg", ".jpeg")
@@ -205,3 +205,39 @@ def _pixels(image: Any) -> int:
     for side in image.shape:
         n *= int(side)
     return n
+
+
+def iter_predict_to_zarr(
+    model: TrainedModel,
+    image: Any,
+    path: str | os.PathLike,
+    config: PredictConfig | None = None,
+    *,
+    scale=None,
+    cancel: CancelToken | None = None,
+    name: str = "image",
+) -> Iterator[Event]:
+    """Stream the main result of one (lazily read) image into the OME-Zarr image ``path``, which can be
+    shown while it fills: ``OutputOpened`` says when it exists, ``PredictionSlice`` when a slice is in.
+
+    Ends with ``RunFinished`` (result: the iter_apply dict) or ``RunCancelled``; a stopped run
+    leaves the slices done so far (the rest stays 0). Class probabilities are not streamed.
+    """
+    from .prediction import iter_apply
+    from .tasks.superres import output_scale
+
+    config = config or PredictConfig()
+    opened: list[OutputOpened] = []
+
+    def make_sinks(specs):
+        key = "labels" if "labels" in specs else "image"
+        shape, dtype, _ = specs[key]
+        sink_scale = output_scale(scale, shape[-1] // image.shape[-1]) if scale is not None else None
+        sink = ZarrSink(path, shape, dtype, scale=sink_scale, atomic=False, name=name)
+        opened.append(OutputOpened(path=str(path), key=key))
+        return {key: sink}
+
+    for event in iter_apply(model, image, config, make_sinks, cancel=cancel, name=name):
+        while opened:
+            yield opened.pop(0)
+        yield event

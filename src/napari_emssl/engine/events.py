@@ -64,6 +64,14 @@ class PredictionSlice:
 
 
 @dataclass(frozen=True)
+class OutputOpened:
+    """A result streamed to disk exists now (filled slice by slice): ``path`` of the zarr image, its output ``key``."""
+
+    path: str
+    key: str
+
+
+@dataclass(frozen=True)
 class FileStarted:
     """A batch run begins on input file ``index`` (of ``count``)."""
 
@@ -99,5 +107,5 @@ class RunCancelled:
     result: Any = None  # what was kept (e.g. the model trained so far), or None
 
 
-Event = (RunStarted | StepEnd | EpochEnd | Preview | Checkpointed | PredictionTile | PredictionSlice | FileStarted | FileEnded
+Event = (RunStarted | StepEnd | EpochEnd | Preview | Checkpointed | PredictionTile | PredictionSlice | OutputOpened | FileStarted | FileEnded
          | RunFinished | RunCancelled)
