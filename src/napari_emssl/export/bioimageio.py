@@ -187,7 +187,7 @@ def _normalized(model: TrainedModel, raw: np.ndarray) -> np.ndarray:
 
 
 def _cover(raw_norm: np.ndarray, output: np.ndarray, spec: GraphSpec, path: Path) -> None:
-    """A 2:1 PNG: the normalised test input beside the test output (labels as grey levels, or the restored image)."""
+    """A 2:1 PNG: the test input beside the test output (segmentation: the foreground probability; restoration: the image)."""
     from PIL import Image
 
     def grey(a: np.ndarray) -> np.ndarray:
@@ -197,13 +197,14 @@ def _cover(raw_norm: np.ndarray, output: np.ndarray, spec: GraphSpec, path: Path
     left = raw_norm[0, 0]
     if spec.factor > 1:
         left = np.kron(left, np.ones((spec.factor, spec.factor), np.float32))
-    if spec.task == "segment":
-        labels = output[0].argmax(axis=0)
-        right = (labels * (255 // max(1, spec.out_channels - 1))).astype(np.uint8)
+    if spec.task == "segment":  # the probability of any class but background (label 1), black to white
+        right = (np.clip(1.0 - output[0, 0], 0, 1) * 255).astype(np.uint8)
     else:
         right = grey(output[0, 0])
-    both = np.concatenate([grey(left), right], axis=1)
-    Image.fromarray(both).save(path)
+    both = Image.fromarray(np.concatenate([grey(left), right], axis=1))
+    if both.height < 256:
+        both = both.resize((2 * 256, 256), Image.NEAREST)
+    both.save(path)
 
 
 # ---------------------------------------------------------------------------------------------- README
@@ -228,7 +229,7 @@ def readme(model: TrainedModel, name: str, spec: GraphSpec, weights: dict[str, f
     init, finetune = lineage.get("init") or {}, lineage.get("finetune") or {}
     lines = [f"# {name}", "",
              f"A {TASK_WORDS.get(task, task)} model for 2D electron-microscopy images, trained with "
-             f"[napari-emssl](https://pypi.org/project/napari-emssl/) {meta.get('package_version', '?')} "
+             f"napari-emssl {meta.get('package_version', '?')} "
              f"(exported by napari-emssl {__version__}).", "", "## What it computes", ""]
     if task == "segment":
         classes = meta.get("classes") or list(range(1, spec.out_channels + 1))
@@ -246,9 +247,11 @@ def readme(model: TrainedModel, name: str, spec: GraphSpec, weights: dict[str, f
         unit = ("the normalised units of the input" if task == "denoise"
                 else "units of (p_high - p_low) of the input, without offset (0 = no signal)")
         lines += [f"Input: one greyscale image (batch, channel, y, x). Output: the {TASK_WORDS[task]} result in {unit}."]
-    lines += ["", f"Preprocessing: percentile normalisation, `(x - p{norm.get('low', 1.0)}) / (p{norm.get('high', 99.8)} - "
-              f"p{norm.get('low', 1.0)})` over the image (bioimage.io `scale_range`). For grey values again, multiply "
-              "a restoration output by `(p_high - p_low)` and add `p_low` (except background removal: no offset).", "",
+    back = ("" if task == "segment" else " For grey values again, multiply the output by `(p_high - p_low)`"
+            + (" (no offset: background removal)." if task == "bgremove" else " and add `p_low`."))
+    lines += ["", f"Preprocessing: percentile normalisation, `(x - p_low) / (p_high - p_low)` with p_low, p_high the "
+              f"{norm.get('low', 1.0)}th and {norm.get('high', 99.8)}th percentiles of the image (bioimage.io "
+              f"`scale_range`).{back}", "",
               f"Sizes: y and x must be multiples of {spec.step}" + (f" (exactly {spec.fixed})" if spec.fixed else "")
               + f"; when tiling, crop {spec.halo} output pixels on each side (the receptive field's reach).", "",
               "## Network", "",
@@ -258,8 +261,9 @@ def readme(model: TrainedModel, name: str, spec: GraphSpec, weights: dict[str, f
     if task == "superres":
         lines.append(f"- scale factor: {spec.factor}")
     lines += ["", "## Training lineage", ""]
-    init_kind = init.get("init_kind") or ("random" if init.get("init") == "random" else None)
-    lines.append(f"- start point: {init.get('init', 'unknown')}" + (f" ({init_kind})" if init_kind else ""))
+    start = init.get("init", "unknown")
+    kind = init.get("init_kind")
+    lines.append(f"- start point: {'random weights' if start == 'random' else start}" + (f" ({kind})" if kind else ""))
     if init.get("pretrain_method"):
         steps = f", {init['pretrain_steps']} steps" if init.get("pretrain_steps") else ""
         lines.append(f"- self-supervised pretraining: {init['pretrain_method']}{steps}")
@@ -509,8 +513,10 @@ def _description(v0_5, model, spec: GraphSpec, name, authors, license_id, descri
     if (model_dir / LOG_NAME).is_file():
         attachments.append(FileDescr(source=model_dir / LOG_NAME))
     tags = ["napari-emssl", "electron-microscopy", "2d", "pytorch", *TASK_TAGS[task]] + (["onnx"] if "onnx" in files else [])
+    method = ((meta.get("lineage") or {}).get("init") or {}).get("pretrain_method")
+    how = f"{method} self-supervised pretraining + fine-tuning" if method else "fine-tuning"
     text = description or (f"{TASK_WORDS[task].capitalize()} of 2D electron-microscopy images with a {meta.get('arch')} "
-                           "network, trained with napari-emssl (self-supervised pretraining + fine-tuning).")
+                           f"network, trained with napari-emssl ({how}).")
     return ModelDescr(
         name=name,
         description=text,
