@@ -335,6 +335,66 @@ def plot_restoration(run: dict) -> str:
     return name
 
 
+MODE_TEXT = {
+    "end_to_end": "file to file (`emssl predict`: lazy read, batched tiles, TIFF written behind)",
+    "tiled_in_memory": "tiled, stack in memory (no file I/O)",
+    "naive_full": "naive: whole slice in one forward, no tiling or overlap",
+    "tiled_512": "tiled, 512-pixel tiles",
+    "tiled_torchscript": "tiled, TorchScript (trace + freeze)",
+}
+
+
+def throughput_section(runs: list[dict]) -> list[str]:
+    lines = [
+        "## Prediction throughput and memory (batch and big stacks)",
+        "",
+        "Megapixels per second for the default segmentation network (3 classes) and the default",
+        "denoising network (same U-Net, one output), random weights, on a zlib-compressed uint8 TIFF",
+        "stack; the fraction of peak is FLOPs per pixel (counted by `FlopCounterMode`) x pixels/s /",
+        "the device's peak (on the CPU: its measured float32 matrix-multiply rate on the same threads).",
+        "",
+        "| device | model | GFLOP per megapixel | mode | s | megapixels/s | fraction of peak | command |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        for task, entry in run["models"].items():
+            for mode, m in entry["modes"].items():
+                lines.append(f"| {run['device']} | {task} ({entry['arch']}) | {entry['flops_per_pixel'] / 1e3:.1f} | "
+                             f"{MODE_TEXT.get(mode, mode)} | {m['seconds']:.1f} | {m['megapixels_per_s']:.3f} | "
+                             f"{100 * m['fraction_of_peak']:.1f} % | `{run['command']}` |")
+        lines.append("")
+        lines.append(f"Peak ({run['device']}): {run['peak_kind']}. Stack: {' x '.join(map(str, run['stack']))} pixels.")
+        mem = run.get("memory")
+        if mem:
+            lines += ["", f"Peak memory ({run['device']}): a float32 stack of {' x '.join(map(str, mem['stack_shape']))} "
+                          f"({mem['input_mb']:.0f} MB in, {mem['output_mb']:.0f} MB of labels and class probabilities out, "
+                          f"{(mem['input_mb'] + mem['output_mb']) / mem['budget_mb']:.1f} x a {mem['budget_mb']:.0f} MB budget) "
+                          f"streamed from file to file in {mem['seconds']:.0f} s raised the process's peak resident memory by "
+                          f"**{mem['peak_increase_mb']:.1f} MB** over a two-slice warm-up "
+                          "(the test suite checks the same with a smaller stack: `tests/core/test_batch.py`)."]
+        lines.append("")
+    return lines
+
+
+def plot_throughput(runs: list[dict]) -> str:
+    fig, axes = plt.subplots(1, len(runs), figsize=(7 * len(runs), 3.2), squeeze=False)
+    for ax, run in zip(axes[0], runs):
+        tasks = list(run["models"])
+        modes = list(next(iter(run["models"].values()))["modes"])
+        width = 0.8 / len(modes)
+        for i, mode in enumerate(modes):
+            values = [run["models"][t]["modes"].get(mode, {}).get("megapixels_per_s", 0.0) for t in tasks]
+            ax.bar([j + i * width for j in range(len(tasks))], values, width, label=mode.replace("_", " "))
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(tasks))], tasks)
+        ax.set_ylabel("megapixels / s")
+        ax.set_title(run["device"], fontsize=8)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    name = "images/prediction_throughput.png"
+    fig.savefig(DOCS / name, dpi=120)
+    return name
+
+
 def main() -> None:
     results = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob("segmentation_strokes_*.json"))]
     lines = ["# Benchmarks", "", "Every number here was measured by the scripts in `benchmarks/`; each row gives the",
@@ -354,6 +414,9 @@ def main() -> None:
         run = _restoration_runs(task)
         if run:
             lines += [""] + restoration_section(run) + ["", f"![PSNR per image and method]({plot_restoration(run)})"]
+    throughput = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob("prediction_throughput_*.json"))]
+    if throughput:
+        lines += [""] + throughput_section(throughput) + [f"![Prediction throughput]({plot_throughput(throughput)})"]
     bundled = bundled_section()
     if bundled:
         lines += [""] + bundled

@@ -1,0 +1,226 @@
+"""Prediction throughput (megapixels/s) file to file, against a naive forward and the compute roofline; peak memory.
+
+    .venv/bin/python benchmarks/prediction_throughput.py --device cpu --threads 2
+    .venv/bin/python benchmarks/prediction_throughput.py --device cuda --slices 64 --side 2048   (on a GPU)
+
+For the default segmentation model (``resunet_b3_rf96``, 3 classes) and the default
+denoising model (same network, one output) with random weights (speed does not depend on
+the weights), on a zlib-compressed uint8 TIFF stack of ``--slices`` x ``--side`` x ``--side``:
+
+- ``end_to_end``: ``emssl predict``'s path (``batch.iter_predict_files``): the stack read
+  lazily slice by slice, tiles batched, the result written to a TIFF, everything timed;
+- ``tiled_in_memory``: ``api.predict`` on the stack already in memory (no file I/O);
+- ``naive_full``: the same network on each whole slice at once (no tiling, no overlap, no
+  reading ahead or writing behind), plus the argmax / denormalisation;
+- variants of the tiled path for the CPU: 512-pixel tiles, TorchScript (trace + freeze).
+
+The roofline: FLOPs per pixel of the network (``FlopCounterMode`` on a 256 x 256 forward,
+dividing by the pixels) x pixels/s / peak. On the CPU the peak is measured: the float32
+matrix-multiply rate (4096 x 4096, best of 3) on the same threads; on CUDA it is the dense
+bf16 peak of the device (``--peak-tflops``, default 989 for an H100 SXM; an H200 has the same).
+Peak memory: a child process streams a float32 stack ``--memory-factor`` times bigger than
+``--budget-mb`` from file to file with class probabilities and reports the growth of its
+peak resident memory (``ru_maxrss``) over a warm-up on two slices.
+Results go to ``benchmarks/results/prediction_throughput_<device>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from napari_emssl import __version__, api
+from napari_emssl.batch import iter_predict_files
+from napari_emssl.config import PredictConfig
+from napari_emssl.data.normalize import percentile_normalize
+from napari_emssl.engine.device import resolve_device
+from napari_emssl.engine.model_dir import TrainedModel, build_meta
+from napari_emssl.models import DEFAULT_SEGMENT_ARCH, create_model
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+
+def make_model(task: str) -> TrainedModel:
+    torch.manual_seed(0)
+    k = 3 if task == "segment" else 1
+    net = create_model(DEFAULT_SEGMENT_ARCH, in_channels=1, out_channels=k)
+    meta = build_meta(net, task=task, out_channels=k, classes=list(range(1, k + 1)) if task == "segment" else [],
+                      normalization={"method": "percentile", "low": 1.0, "high": 99.8})
+    return TrainedModel(net=net.eval(), meta=meta)
+
+
+def flops_per_pixel(net: torch.nn.Module, side: int = 256) -> float:
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        net(torch.zeros(1, 1, side, side))
+    return counter.get_total_flops() / side**2
+
+
+def cpu_peak_flops(threads: int) -> float:
+    torch.set_num_threads(threads)
+    a, b = torch.rand(4096, 4096), torch.rand(4096, 4096)
+    torch.mm(a, b)
+    best = 0.0
+    for _ in range(3):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = max(best, 2 * 4096**3 / (time.perf_counter() - start))
+    return best
+
+
+def make_stack(path: Path, slices: int, side: int) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:side, :side]
+    stack = np.empty((slices, side, side), np.uint8)
+    for z in range(slices):  # textured, EM-like grey values (compression has something to do)
+        stack[z] = np.clip(120 + 40 * np.sin(xx / (7 + z)) * np.cos(yy / 11) + rng.normal(0, 20, (side, side)), 0, 255)
+    tifffile.imwrite(path, stack, compression="zlib", imagej=True, metadata={"axes": "ZYX"})
+    return stack
+
+
+def naive_full(model: TrainedModel, stack: np.ndarray, device: torch.device, amp: bool) -> float:
+    """Seconds for whole-slice forwards (plus argmax or denormalisation), slice by slice."""
+    net = model.net.to(device)
+    norm, stats = percentile_normalize(stack)
+    start = time.perf_counter()
+    with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=amp and device.type == "cuda"):
+        for plane in norm:
+            y = net(torch.from_numpy(plane)[None, None].to(device)).float()
+            out = (y.argmax(1) + 1).to(torch.uint8) if model.task == "segment" else y * (stats.p_high - stats.p_low) + stats.p_low
+            out.cpu().numpy()
+    seconds = time.perf_counter() - start
+    model.net.cpu()
+    return seconds
+
+
+class _Traced(torch.nn.Module):
+    def __init__(self, net, example) -> None:
+        super().__init__()
+        self.traced = torch.jit.freeze(torch.jit.trace(net.eval(), example))
+        self.arch_name, self.arch_kwargs = net.arch_name, net.arch_kwargs
+        self.receptive_field, self.size_multiple = net.receptive_field, net.size_multiple
+
+    def forward(self, x):
+        return self.traced(x)
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+MEMORY_SCRIPT = textwrap.dedent("""
+    import json, resource, sys
+    import numpy as np, torch
+    torch.set_num_threads(int(sys.argv[5]))
+    from napari_emssl.batch import iter_predict_files
+    from napari_emssl.config import PredictConfig
+    from napari_emssl.engine.model_dir import load_model
+    model = load_model(sys.argv[1])
+    config = PredictConfig(device=sys.argv[6], probabilities=True)
+    list(iter_predict_files(model, [sys.argv[2]], sys.argv[4] + "-warm-up", config))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    events = list(iter_predict_files(model, [sys.argv[3]], sys.argv[4], config))
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"peak_increase_mb": (after - before) / 1024, "seconds": events[-1].result.seconds,
+                      "done": len(events[-1].result.done)}))
+""")
+
+
+def peak_memory(model: TrainedModel, tmp: Path, args) -> dict:
+    side = args.side
+    slices = max(2, int(np.ceil(args.memory_factor * args.budget_mb * 2**20 / (side * side * 4))))
+    rng = np.random.default_rng(1)
+    for name, n in (("mem_big.tif", slices), ("mem_small.tif", 2)):
+        with tifffile.TiffWriter(tmp / name, imagej=True) as tif:
+            tif.write((rng.random((side, side), np.float32) for _ in range(n)), shape=(n, side, side), dtype=np.float32,
+                      metadata={"axes": "ZYX"})
+    model.save(tmp / "seg-model")
+    (tmp / "mem.py").write_text(MEMORY_SCRIPT)
+    proc = subprocess.run([sys.executable, str(tmp / "mem.py"), str(tmp / "seg-model"), str(tmp / "mem_small.tif"),
+                           str(tmp / "mem_big.tif"), str(tmp / "mem-out"), str(args.threads), args.device],
+                          capture_output=True, text=True, check=True)
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    k = int(model.meta["out_channels"])
+    report.update(stack_shape=[slices, side, side], input_mb=slices * side * side * 4 / 2**20,
+                  output_mb=slices * side * side * (1 + 4 * k) / 2**20, budget_mb=args.budget_mb)
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--slices", type=int, default=8)
+    parser.add_argument("--side", type=int, default=1024)
+    parser.add_argument("--peak-tflops", type=float, default=989.0)
+    parser.add_argument("--budget-mb", type=float, default=128.0)
+    parser.add_argument("--memory-factor", type=float, default=4.0)
+    parser.add_argument("--skip-memory", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        peak = args.peak_tflops * 1e12
+        peak_kind = f"dense bf16 peak {args.peak_tflops:g} TFLOP/s (datasheet)"
+    else:
+        name = f"{platform.machine()} CPU, {args.threads} thread(s) (os.cpu_count {os.cpu_count()})"
+        peak = cpu_peak_flops(args.threads)
+        peak_kind = f"measured float32 matmul rate {peak / 1e9:.1f} GFLOP/s"
+    run = {"device": name, "device_type": device.type, "torch": torch.__version__, "napari_emssl": __version__,
+           "peak_flops": peak, "peak_kind": peak_kind, "stack": [args.slices, args.side, args.side],
+           "command": "python benchmarks/prediction_throughput.py " + " ".join(sys.argv[1:]), "models": {}}
+    megapixels = args.slices * args.side * args.side / 1e6
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        stack = make_stack(tmp / "stack.tif", args.slices, args.side)
+        for task in ("segment", "denoise"):
+            model = make_model(task)
+            fpp = flops_per_pixel(model.net)
+            config = PredictConfig(device=args.device)
+            api.predict(model, stack[:1, :512, :512], config)  # warm-up
+            modes: dict[str, float] = {}
+            out = tmp / f"out-{task}"
+            modes["end_to_end"] = timed(lambda: list(iter_predict_files(model, [tmp / "stack.tif"], out, config,
+                                                                        overwrite=True)))
+            modes["tiled_in_memory"] = timed(lambda: api.predict(model, stack, config))
+            modes["naive_full"] = naive_full(model, stack, device, config.amp)
+            modes["tiled_512"] = timed(lambda: api.predict(model, stack, PredictConfig(device=args.device, tile=512)))
+            if device.type == "cpu":
+                traced = TrainedModel(net=_Traced(model.net, torch.zeros(4, 1, 256, 256)), meta=model.meta)
+                modes["tiled_torchscript"] = timed(lambda: api.predict(traced, stack, config))
+            entry = {"arch": DEFAULT_SEGMENT_ARCH, "out_channels": int(model.meta["out_channels"]), "flops_per_pixel": fpp,
+                     "receptive_field": model.net.receptive_field, "modes": {}}
+            for mode, seconds in modes.items():
+                mps = megapixels / seconds
+                entry["modes"][mode] = {"seconds": round(seconds, 3), "megapixels_per_s": round(mps, 4),
+                                        "fraction_of_peak": round(fpp * mps * 1e6 / peak, 4)}
+                print(f"{task:8s} {mode:18s} {seconds:8.2f} s  {mps:7.3f} MP/s  {100 * fpp * mps * 1e6 / peak:5.1f} % of peak",
+                      flush=True)
+            run["models"][task] = entry
+        if not args.skip_memory:
+            run["memory"] = peak_memory(make_model("segment"), tmp, args)
+            print("memory", run["memory"], flush=True)
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"prediction_throughput_{device.type}.json"
+    path.write_text(json.dumps(run, indent=2) + "\n")
+    print(f"written {path}")
+
+
+if __name__ == "__main__":
+    main()
