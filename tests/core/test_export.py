@@ -266,3 +266,27 @@ def test_load_model_hook(tiny_model, tiny_model_dir, tmp_path, offline):
     (tmp_path / "foreign" / "rdf.yaml").write_text("type: model\n")
     with pytest.raises(ModelFormatError, match="not made by napari-emssl"):
         load_package_or_none(tmp_path / "foreign")
+
+
+def test_onnx_fallback_exporter_matches_pytorch(tiny_model):
+    """The torch.export-based exporter, used where the TorchScript-based one is unavailable."""
+    import io
+
+    from napari_emssl.export.graph import exported_network
+    from napari_emssl.export.onnx import _export_dynamo
+
+    spec = graph_spec(tiny_model)
+    buffer = io.BytesIO()
+    _export_dynamo(exported_network(tiny_model), example_input(spec), buffer, spec.dynamic)
+    x = _random_batch(tiny_model)
+    assert np.abs(run_onnx(buffer.getvalue(), x.numpy()) - reference_output(tiny_model, x)).max() < TOLERANCE
+
+
+def test_package_export_leaves_the_model_in_training_mode(tiny_model, tmp_path, offline):
+    before = tiny_model.net.training
+    tiny_model.net.train()
+    try:
+        export_model(tiny_model, "bioimageio", tmp_path / "p.zip")
+        assert tiny_model.net.training
+    finally:
+        tiny_model.net.train(before)

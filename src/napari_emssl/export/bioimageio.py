@@ -169,7 +169,11 @@ def _our_prediction(model: TrainedModel, raw: np.ndarray, spec: GraphSpec) -> np
 
     grid = raw.shape[0] * spec.factor
     config = PredictConfig(device="cpu", tile=grid, overlap=0, batch_size=1, amp=False, probabilities=True)
-    result = api.predict(model, raw, config)
+    training = model.net.training
+    try:
+        result = api.predict(model, raw, config)
+    finally:
+        model.net.train(training)  # predict switches the network to eval mode: leave the caller's model as it was
     if spec.task == "segment":
         return result.probabilities[None].astype(np.float32)
     normalization = model.meta.get("normalization") or {"low": 1.0, "high": 99.8}

@@ -9,6 +9,7 @@ opset (17) is one that every onnxruntime on PyPI since 1.13 runs. Fixed-size net
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 from pathlib import Path
@@ -65,8 +66,9 @@ def _export_dynamo(wrapper: torch.nn.Module, x: torch.Tensor, buffer: io.BytesIO
     shapes = {0: Dim("batch")}
     if dynamic:
         shapes.update({2: Dim.AUTO, 3: Dim.AUTO})
-    program = torch.onnx.export(wrapper, (x,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                opset_version=max(OPSET, 18), dynamic_shapes=({**shapes},), dynamo=True, verbose=False)
+    with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints its progress
+        program = torch.onnx.export(wrapper, (x,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                    opset_version=max(OPSET, 18), dynamic_shapes=({**shapes},), dynamo=True, verbose=False)
     program.save(buffer)
 
 
