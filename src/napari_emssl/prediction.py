@@ -30,6 +30,7 @@ from .engine.events import Event, PredictionSlice, PredictionTile, RunCancelled,
 from .engine.model_dir import TrainedModel
 from .engine.predictor import auto_batch_size, choose_tiling, forward_fn, release_device_memory
 from .errors import InputError, ModelFormatError
+from .tasks.segmentation import probabilities_to_labels
 
 NORMALIZATION = {"method": "percentile", "low": 1.0, "high": 99.8}
 RESTORATION_TASKS = ("denoise", "bgremove", "superres")
@@ -93,7 +94,7 @@ def _read_plane(image: Any, index: int | None, stats: NormStats, name: str) -> n
 class _Planes:
     """What a task does to one normalised plane; ``run`` is a generator of finished-tile counts returning the outputs."""
 
-    def __init__(self, model: TrainedModel, config: PredictConfig, device, batch_size: int) -> None:
+    def __init__(self, model: TrainedModel, config: PredictConfig, batch_size: int) -> None:
         net = model.net
         self.multiple = int(model.meta.get("size_multiple", net.size_multiple))
         self.tile, self.overlap = choose_tiling(int(model.meta.get("receptive_field", net.receptive_field)), config.tile,
@@ -108,10 +109,10 @@ class _Planes:
 
 class SegmentPlanes(_Planes):
     def __init__(self, model: TrainedModel, config: PredictConfig, device, batch_size: int) -> None:
-        super().__init__(model, config, device, batch_size)
+        super().__init__(model, config, batch_size)
         self.k = int(model.meta["out_channels"])
         self.fn = forward_fn(model.net, device, amp=config.amp)
-        self.labels_dtype = np.uint8 if self.k < 256 else np.uint16
+        self.labels_dtype = probabilities_to_labels(np.zeros((self.k, 1), np.float32)).dtype
 
     def specs(self, shape: tuple[int, ...], dtype) -> dict[str, tuple]:
         out = {"labels": (shape, self.labels_dtype, "YX" if len(shape) == 2 else "ZYX")}
@@ -125,7 +126,7 @@ class SegmentPlanes(_Planes):
 
     def run(self, plane: np.ndarray, cancel):
         probs = yield from self._tiled(self.fn, plane, self.k, cancel)
-        out = {"labels": (np.argmax(probs, axis=0) + 1).astype(self.labels_dtype)}
+        out = {"labels": probabilities_to_labels(probs)}
         if self.config.probabilities:
             out["probabilities"] = probs
         return out
@@ -133,7 +134,7 @@ class SegmentPlanes(_Planes):
 
 class RestorePlanes(_Planes):
     def __init__(self, model: TrainedModel, config: PredictConfig, device, batch_size: int) -> None:
-        super().__init__(model, config, device, batch_size)
+        super().__init__(model, config, batch_size)
         from .restoration import DIHEDRAL
 
         self.task = model.task
@@ -165,8 +166,7 @@ class RestorePlanes(_Planes):
         acc, done = None, 0
         for k, flip in self.views:
             grid, run = _network_input(_dihedral(plane, k, flip), self.fn, self.task, self.factor)
-            steps = iter_tiled(run, grid, out_channels=1, tile=self.tile, overlap=self.overlap, batch_size=self.batch_size,
-                               size_multiple=self.multiple, cancel=cancel)
+            steps = self._tiled(run, grid, 1, cancel)
             while True:
                 try:
                     view_done, _ = next(steps)
