@@ -81,8 +81,6 @@ def test_bioimageio_package(package):
     assert model.task == "segment"
 
 
-@pytest.mark.xfail(reason="emssl predict opens bioimage.io packages once load_model/predict call export.load_any",
-                   strict=False)
 def test_predict_applies_a_package(package, tmp_path, capsys):
     path, test_image = package
     code, out, err = run(capsys, "predict", "--model", path, "--input", test_image, "--out", tmp_path / "pred",

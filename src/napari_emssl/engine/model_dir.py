@@ -97,9 +97,14 @@ def build_meta(net: torch.nn.Module, *, task: str, **extra: Any) -> dict[str, An
 
 
 def load_model(directory: str | os.PathLike, *, task: str | None = None, map_location: str = "cpu") -> TrainedModel:
-    """Rebuild a model from its directory; refuse anything that does not fit."""
+    """Rebuild a model from its directory (or a zipped bioimage.io package made by napari-emssl);
+    refuse anything that does not fit."""
+    from ..export.importer import load_package_or_none
     from ..models import create_model  # local: models import timm/smp, which are slow to import
 
+    packaged = load_package_or_none(directory, task=task, map_location=map_location)
+    if packaged is not None:
+        return packaged
     path = Path(directory)
     if path.is_file() and path.name in (WEIGHTS_NAME, META_NAME):
         path = path.parent
