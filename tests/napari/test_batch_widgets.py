@@ -83,3 +83,18 @@ def test_files_mode_applies_to_a_folder_and_reports_a_summary(qtbot, viewer_widg
     notes.clear()
     assert apply.start() is False
     assert "No image matches" in apply.controls.status.text() and len(notes.errors()) == 1
+
+
+def test_export_button_writes_a_checked_onnx_file(qtbot, viewer_widgets, notes, wait_idle, tmp_path):
+    viewer, finetune, _ = viewer_widgets
+    assert not finetune.export_button.isEnabled()  # nothing trained yet
+    _train(finetune, wait_idle)
+    assert finetune.export_button.isEnabled()
+    notes.clear()
+    assert finetune.export_button.export("onnx", str(tmp_path / "m.onnx"))
+    qtbot.waitUntil(lambda: finetune.export_button.worker is None, timeout=60_000)
+    report = finetune.export_button.last_report
+    assert report is not None and report.path.is_file() and report.path.suffix == ".onnx"
+    assert max(report.max_abs_diff.values()) < 1e-4
+    assert not notes.errors() and any("exported" in str(n.message) for n in notes.all())
+    assert finetune.export_button.isEnabled()

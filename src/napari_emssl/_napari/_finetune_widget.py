@@ -43,6 +43,7 @@ from ..engine.model_dir import TrainedModel
 from ..errors import EmsslError, InputError
 from ..models import DEFAULT_SEGMENT_ARCH, list_models
 from ._controls import FolderEdit, LayerCombo, RunControls, device_combo, format_seconds, spin_box
+from ._export_button import ExportButton
 from ._layers import (
     class_colormap,
     current_slice,
@@ -159,6 +160,7 @@ class FinetuneWidget(ChoosesInit, EndsTrainingRun, StopsRunOnClose, QWidget):
         self.save_button.setToolTip("Write the trained model (model.json + model.safetensors) into a folder")
         self.save_button.setEnabled(False)
         self.save_button.clicked.connect(lambda: self.save_model())
+        self.export_button = ExportButton(lambda: self.trained_model, self)
 
         self.task_rows.add_to(form, (labels_label, labels_box))
         self.task_rows.task_changed.connect(self._on_task_changed)
@@ -167,7 +169,10 @@ class FinetuneWidget(ChoosesInit, EndsTrainingRun, StopsRunOnClose, QWidget):
         layout.addWidget(advanced)
         layout.addWidget(self.controls)
         layout.addWidget(self.loss_plot)
-        layout.addWidget(self.save_button)
+        saving = QHBoxLayout()
+        saving.addWidget(self.save_button)
+        saving.addWidget(self.export_button)
+        layout.addLayout(saving)
         self.image_combo.layer_changed.connect(self._match_labels)
         self._match_labels(self.image_combo.layer())
         self._describe_arch(self.arch_combo.currentText())
@@ -386,6 +391,7 @@ class FinetuneWidget(ChoosesInit, EndsTrainingRun, StopsRunOnClose, QWidget):
         self.trained_model = model
         self.trained_source = (self._run or {}).get("source")
         self.save_button.setEnabled(True)
+        self.export_button.setEnabled(True)
         self.model_trained.emit(model)
         for widget in docked_widgets(self.viewer):
             refresh = getattr(widget, "refresh_model_info", None)
