@@ -98,3 +98,19 @@ def test_export_button_writes_a_checked_onnx_file(qtbot, viewer_widgets, notes, 
     assert max(report.max_abs_diff.values()) < 1e-4
     assert not notes.errors() and any("exported" in str(n.message) for n in notes.all())
     assert finetune.export_button.isEnabled()
+
+
+def test_apply_a_bioimageio_package(qtbot, viewer_widgets, wait_idle, crop, tmp_path):
+    from napari_emssl.export import export_model
+
+    viewer, finetune, apply = viewer_widgets
+    model = _train(finetune, wait_idle)
+    package = export_model(model, "bioimageio", tmp_path / "model.zip")
+    apply.source_combo.setCurrentIndex(apply.source_combo.findData("folder"))
+    apply.folder.set_path(str(package))
+    assert "resunet_b2_rf44" in apply.model_info.text()
+    apply.images.select_layers([viewer.layers["crop"]])
+    assert apply.start()
+    wait_idle(apply)
+    expected = api.predict(model, crop[0], PredictConfig(device="cpu", tile=64)).labels
+    np.testing.assert_array_equal(viewer.layers["crop segmentation"].data, expected)

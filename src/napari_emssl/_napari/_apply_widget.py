@@ -96,7 +96,7 @@ class ApplyWidget(StopsRunOnClose, QWidget):
         self.source_combo = QComboBox(self)
         for text, value in SOURCES:
             self.source_combo.addItem(text, value)
-        self.folder = FolderEdit("folder with model.json and model.safetensors", "Model folder", self)
+        self.folder = FolderEdit("model folder, or a bioimage.io package (.zip) made by napari-emssl", "Model folder", self)
         self.folder.setVisible(False)
         self.model_info = QLabel(self)
         self.model_info.setWordWrap(True)
@@ -397,6 +397,12 @@ def read_model_meta(folder: str) -> dict:
     if not folder:
         raise InputError("Choose the model folder (the one with model.json and model.safetensors).")
     path = Path(folder)
+    from ..export.importer import is_bioimageio_package
+
+    if path.exists() and is_bioimageio_package(path):  # a bioimage.io package made by napari-emssl (zip or folder)
+        from ..export import load_any
+
+        return load_any(path).meta
     if not path.is_dir():
         raise ModelFormatError(f"Model folder {folder!r} does not exist.")
     if not (path / META_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
