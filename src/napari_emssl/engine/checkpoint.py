@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file
 from .. import __version__
 from ..errors import InputError, ModelFormatError
 from .model_dir import (FORMAT_VERSION, LOG_NAME, META_NAME, PICKLE_SUFFIXES, WEIGHTS_NAME, _atomic_write, _json_default,
-                        _log_csv, pickle_note, remove_stale_temps)
+                        MODEL_TEMPS, SAFETENSORS_TEMP, _log_csv, pickle_note, remove_stale_temps)
 
 CHECKPOINT_VERSION = 1
 CHECKPOINT_WEIGHTS = "checkpoint.safetensors"  # the weights file of folders written without a ``weights_file`` entry
@@ -101,7 +101,7 @@ def save_checkpoint(
     """
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(path, "checkpoint*")  # left by a run killed while saving
+    remove_stale_temps(path, (".checkpoint*.tmp", SAFETENSORS_TEMP))  # left by a run killed while saving
     tensors = {f"model.{k}": _cpu(v) for k, v in pretext.state_dict().items()}
     optim_meta: dict[str, Any] = {}
     for phase, opt in optimisers.items():
@@ -229,8 +229,7 @@ def write_pretrained(directory: str | os.PathLike, state: dict[str, torch.Tensor
     """Write ``model.safetensors`` + ``model.json`` (task ``pretrain``) + ``log.csv`` atomically."""
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
-    for name in (WEIGHTS_NAME, META_NAME, LOG_NAME):
-        remove_stale_temps(path, f"{name}.*")
+    remove_stale_temps(path, MODEL_TEMPS)
     tensors = {k: _cpu(v) for k, v in state.items()}
     _atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     full = {**meta, "format_version": FORMAT_VERSION, "package_version": __version__, "task": PRETRAIN_TASK}

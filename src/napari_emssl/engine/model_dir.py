@@ -68,8 +68,7 @@ class TrainedModel:
         """Write the model directory atomically (each file via a temporary name)."""
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
-        for name in (WEIGHTS_NAME, META_NAME, LOG_NAME):
-            remove_stale_temps(path, f"{name}.*")
+        remove_stale_temps(path, MODEL_TEMPS)
         state = {k: v.detach().to("cpu").contiguous() for k, v in self.net.state_dict().items()}
         _atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
         meta = dict(self.meta, format_version=FORMAT_VERSION, package_version=__version__)
@@ -217,17 +216,25 @@ def _fsync(path: str | os.PathLike, directory: bool = False) -> None:
         os.close(fd)
 
 
-def remove_stale_temps(directory: Path, pattern: str) -> None:
-    """Delete temporary files ``.<pattern>.tmp`` left in ``directory`` by a save that was killed midway.
+#: temporary files of an interrupted save: ours (``_atomic_write``) and safetensors' own (Rust ``tempfile``: ``.tmpXXXXXX``)
+SAFETENSORS_TEMP = ".tmp??????"
+
+
+def remove_stale_temps(directory: Path, patterns: tuple[str, ...]) -> None:
+    """Delete the temporary files (glob ``patterns``) left in ``directory`` by a save that was killed midway.
 
     They never carry a final name (so nothing reads them) but can be as big as the weights.
     Only the process that owns the folder (the one saving into it) calls this.
     """
-    for tmp in directory.glob(f".{pattern}.tmp"):
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
+    for pattern in patterns:
+        for tmp in directory.glob(pattern):
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+
+
+MODEL_TEMPS = (f".{WEIGHTS_NAME}.*.tmp", f".{META_NAME}.*.tmp", f".{LOG_NAME}.*.tmp", SAFETENSORS_TEMP)
 
 
 def _atomic_write(final: Path, write) -> None:
