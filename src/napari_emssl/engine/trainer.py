@@ -8,7 +8,9 @@ every step) and timed live previews.
 Out of device memory in a step (CUDA's ``OutOfMemoryError``, MPS's "out of memory"): the
 gradients and cached memory are freed and, when ``loss_fn`` takes a ``batch_size`` keyword
 and the loop was told the batch size, the step is run again as two (then four, ...) smaller
-batches whose gradients add up to the full batch's; otherwise, or once a batch of one does
+batches whose gradients, weighted by their share of the batch, add up to the full batch's
+(exactly for a loss averaged over samples; nearly for one averaged over painted pixels,
+whose number differs between the parts); otherwise, or once a batch of one does
 not fit, the run stops with :class:`~napari_emssl.errors.DeviceMemoryError` and the network
 keeps the weights of the last finished step. When the loop ends by an error or is closed,
 the network is moved to the CPU and the device memory released; when it ends normally the
