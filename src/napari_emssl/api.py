@@ -27,7 +27,7 @@ from .data.patches import PatchSampler
 from .data.tiling import Cancelled
 from .data.validate import check_image, check_labels
 from .engine.cancel import CancelToken
-from .engine.device import resolve_device
+from .engine.device import prefers_channels_last, release_device_memory, resolve_device
 from .engine.events import Event, Preview, RunCancelled, RunFinished, RunStarted
 from .engine.model_dir import TrainedModel, build_meta, load_model
 from .engine.predictor import choose_tiling, forward_fn, predict_image
@@ -105,7 +105,7 @@ def iter_finetune(
 
     net, init_info = _initial_network(config, num_classes)
     net.to(device)
-    if device.type == "cuda":
+    if prefers_channels_last(device):
         net.to(memory_format=torch.channels_last)
     patch = int(math.ceil(config.patch_size / net.size_multiple) * net.size_multiple)
     norm, stats = percentile_normalize(image, NORMALIZATION["low"], NORMALIZATION["high"])
@@ -115,8 +115,8 @@ def iter_finetune(
     total_steps = _total_steps(config, len(slices), image.shape[-2:], patch)
     tile, overlap = choose_tiling(net.receptive_field, config.tile, net.size_multiple)
 
-    def loss_fn(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-        x, y = sampler.sample(config.batch_size)
+    def loss_fn(model: torch.nn.Module, batch_size: int = config.batch_size) -> dict[str, torch.Tensor]:
+        x, y = sampler.sample(batch_size)
         x = torch.from_numpy(x).to(device, non_blocking=True)
         y = torch.from_numpy(y).to(device, non_blocking=True)
         return segmentation_loss(model(x), y, dice_weight=config.dice_weight)
@@ -149,26 +149,46 @@ def iter_finetune(
         metrics={"train_painted_dice": _painted_dice(fn, norm, labels, slices, num_classes, tile, overlap, net.size_multiple)}
         if not state.cancelled else {},
     )
-    yield from _finish_events(TrainedModel(net=net.cpu(), meta=meta, log=state.log or []), out_dir, state, started)
+    yield from _finish_events(TrainedModel(net=net.cpu(), meta=meta, log=state.log or []), out_dir, state, started, device)
 
 
 def _train_events(net, loss_fn, config: FinetuneConfig, total_steps: int, device, cancel, preview_fn,
                   state: TrainState) -> Iterator[Event]:
-    """The fine-tuning loop with the config's optimiser settings; a stop (also inside a preview) ends it cleanly."""
+    """The fine-tuning loop with the config's optimiser settings; a stop (also inside a preview) ends it cleanly.
+
+    Out of device memory (after the loop split the steps as far as the loss allows) ends it like a
+    stop: the model trained so far is saved by :func:`_finish_events`, which then raises the error.
+    """
+    from .errors import DeviceMemoryError
+
     try:
         yield from train(
             net, loss_fn, total_steps=total_steps, device=device, lr=config.lr, weight_decay=config.weight_decay,
             amp=config.amp, cancel=cancel, preview_fn=preview_fn if config.preview_every_s > 0 else None,
-            preview_every_s=config.preview_every_s, state=state,
+            preview_every_s=config.preview_every_s, state=state, batch_size=config.batch_size,
         )
     except Cancelled:
         state.cancelled = True
+    except DeviceMemoryError as exc:
+        state.cancelled, state.error = True, exc
     net.eval()
 
 
-def _finish_events(model: TrainedModel, out_dir: str | None, state: TrainState, started: float) -> Iterator[Event]:
-    """Save the model (also when stopped: nothing trained is lost) and end the run."""
+def _finish_events(model: TrainedModel, out_dir: str | None, state: TrainState, started: float,
+                   device: torch.device | None = None) -> Iterator[Event]:
+    """Save the model (also when stopped: nothing trained is lost) and end the run.
+
+    A run ended by an error (``state.error``: out of device memory) raises it once the model is saved.
+    """
+    model.net.to(memory_format=torch.contiguous_format)  # trained channels_last; handed back in the usual layout
+    if device is not None:
+        release_device_memory(device)  # the network is on the CPU now: give the cached device memory back
     saved = str(model.save(out_dir)) if out_dir else None
+    if state.error is not None:
+        from .errors import DeviceMemoryError
+
+        kept = f"; the model trained so far ({state.step} steps) is saved in {saved}" if saved else ""
+        raise DeviceMemoryError(f"{state.error}{kept}", step=state.step) from state.error
     result = FinetuneResult(model=model, model_dir=saved, steps=state.step, seconds=time.perf_counter() - started)
     if state.cancelled:
         yield RunCancelled(step=state.step, seconds=result.seconds, result=result)

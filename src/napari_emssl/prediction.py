@@ -19,16 +19,17 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+import torch
 
 from .config import PredictConfig
 from .data.normalize import NormStats, percentile_normalize, subsample
 from .data.tiling import Cancelled, iter_tiled, tile_count
-from .data.validate import count_nonfinite
+from .data.validate import check_float32_range, count_nonfinite, is_constant
 from .engine.cancel import CancelToken
-from .engine.device import resolve_device
 from .engine.events import Event, PredictionSlice, PredictionTile, RunCancelled, RunFinished, RunStarted
 from .engine.model_dir import TrainedModel
-from .engine.predictor import auto_batch_size, choose_tiling, forward_fn, release_device_memory
+from .engine.device import release_device_memory, resolve_device
+from .engine.predictor import auto_batch_size, choose_tiling, forward_fn
 from .errors import InputError, ModelFormatError
 from .tasks.segmentation import probabilities_to_labels
 
@@ -85,6 +86,7 @@ def _read_plane(image: Any, index: int | None, stats: NormStats, name: str) -> n
         where = f" (slice {index})" if index is not None else ""
         raise InputError(f"The {name}{where} contains {bad} pixels that are NaN or infinite; expected finite values: "
                          "replace them (e.g. with 0) first.")
+    check_float32_range(plane, name)
     return percentile_normalize(plane, stats=stats)[0]
 
 
@@ -207,13 +209,11 @@ def iter_apply(
     device = resolve_device(config.device)
     net = model.net.to(device).eval()
     if config.compile and device.type == "cuda":
-        import torch
-
         net = torch.compile(net)
     try:
         yield from _apply(model, net, image, shape, config, make_sinks, device, cancel, name)
     finally:
-        model.net.cpu()
+        model.net.to("cpu", memory_format=torch.contiguous_format)  # as it came (prediction may use channels_last)
         release_device_memory(device)
 
 
@@ -293,6 +293,5 @@ def _abort(sinks: dict[str, Any]) -> None:
 
 def _constant(image: Any) -> bool:
     if isinstance(image, np.ndarray):
-        return float(np.ptp(image)) == 0.0
-    sample = subsample(np.asarray(image[0] if len(image.shape) == 3 else image[:, :]))
-    return float(np.ptp(sample)) == 0.0
+        return is_constant(image)
+    return is_constant(subsample(np.asarray(image[0] if len(image.shape) == 3 else image[:, :])))

@@ -33,9 +33,9 @@ import torch
 from .config import FinetuneConfig
 from .data.normalize import NormStats, percentile_normalize
 from .data.patches import PatchSampler
-from .data.validate import check_image
+from .data.validate import check_image, is_constant
 from .engine.cancel import CancelToken
-from .engine.device import resolve_device
+from .engine.device import prefers_channels_last, resolve_device
 from .engine.events import Event, Preview, RunStarted
 from .engine.model_dir import TrainedModel, build_meta
 from .engine.predictor import choose_tiling, forward_fn
@@ -97,7 +97,7 @@ def check_target(target: Any, image_shape: tuple[int, ...], factor: int = 1) -> 
     if target.shape != expected:
         what = f"the image's shape {tuple(image_shape)} times the factor {factor} in Y and X" if factor > 1 else "the image's shape"
         raise InputError(f"The target has shape {target.shape}; expected {expected} ({what}).")
-    if float(np.ptp(target)) == 0.0:
+    if is_constant(target):
         raise InputError(f"The target is constant (every pixel is {target.flat[0]}); expected a clean image with structure.")
     return target
 
@@ -105,7 +105,7 @@ def check_target(target: Any, image_shape: tuple[int, ...], factor: int = 1) -> 
 def check_restorable(image: np.ndarray, task: str, factor: int = 1, paired: bool = False) -> None:
     """Refuse images a restoration run cannot learn from: constant, or too small (for the factor)."""
     side = min(image.shape[-2:])
-    if float(np.ptp(image)) == 0.0:
+    if is_constant(image):
         raise InputError(f"The image is constant (every pixel is {image.flat[0]}); there is no structure to restore.")
     need = MIN_SIDE * factor if task == "superres" and not paired else MIN_SIDE
     if side < need:
@@ -199,7 +199,7 @@ def iter_finetune_restoration(
     if task == "superres" and _init_task(config.init) != "superres":
         superres.zero_output_layer(net)  # residual on bicubic: start exactly at the bicubic baseline
     net.to(device)
-    if device.type == "cuda":
+    if prefers_channels_last(device):
         net.to(memory_format=torch.channels_last)
     multiple = int(net.size_multiple)
     patch = _round_up(config.patch_size, _lcm(multiple, factor))
@@ -237,7 +237,7 @@ def iter_finetune_restoration(
                                                  **mode_info, "steps": state.step, "completed": not state.cancelled}},
         metrics=metrics,
     )
-    yield from _finish_events(TrainedModel(net=net.cpu(), meta=meta, log=state.log or []), out_dir, state, started)
+    yield from _finish_events(TrainedModel(net=net.cpu(), meta=meta, log=state.log or []), out_dir, state, started, device)
 
 
 def _total_steps(config: FinetuneConfig, image: np.ndarray, patch: int) -> int:

@@ -90,6 +90,11 @@ def percentile_normalize(
     scale = stats.p_high - stats.p_low
     if not scale > 0:
         scale = 1.0
+    if image.dtype.kind == "f" and image.dtype.itemsize > 4:
+        # float64 grey values may lie beyond float32's range: scale in float64, keep the result finite
+        wide = (image - np.float64(stats.p_low)) * np.float64(1.0 / scale)
+        limit = np.finfo(np.float32).max
+        return np.clip(wide, -limit, limit).astype(np.float32), stats
     out = np.empty(image.shape, dtype=np.float32)
     src = image.astype(np.uint8, copy=False) if image.dtype.kind == "b" else image
     np.subtract(src, np.float64(stats.p_low), out=out, casting="unsafe")

@@ -6,7 +6,7 @@ import numpy as np
 
 from napari_emssl.errors import InputError
 
-__all__ = ["check_image", "check_labels", "count_nonfinite"]
+__all__ = ["check_image", "check_float32_range", "check_labels", "count_nonfinite", "is_constant"]
 
 _CHUNK = 1 << 24  # elements per block when scanning big arrays
 
@@ -27,6 +27,12 @@ def count_nonfinite(array: np.ndarray) -> int:
     if array.dtype.kind not in "fc":
         return 0
     return int(sum(array_block.size - np.count_nonzero(np.isfinite(array_block)) for array_block in _blocks(array)))
+
+
+def is_constant(array: np.ndarray) -> bool:
+    """Every value the same (bool images too, which ``np.ptp`` refuses)."""
+    array = np.asarray(array)
+    return array.size == 0 or bool(array.min() == array.max())
 
 
 def check_image(image: np.ndarray, *, name: str = "image") -> np.ndarray:
@@ -58,7 +64,19 @@ def check_image(image: np.ndarray, *, name: str = "image") -> np.ndarray:
             f"The {name} contains {bad} pixel{'s' if bad != 1 else ''} that are NaN or infinite out of {image.size}; "
             "expected finite values: replace them (e.g. with 0) first."
         )
+    check_float32_range(image, name)
     return image
+
+
+def check_float32_range(image: np.ndarray, name: str = "image") -> None:
+    """Refuse grey values beyond float32's range (results are float32 in the image's units)."""
+    if image.dtype.kind != "f" or image.dtype.itemsize <= 4 or image.size == 0:
+        return
+    limit = float(np.finfo(np.float32).max)
+    peak = max(float(np.abs(block).max()) for block in _blocks(image))
+    if peak > limit:
+        raise InputError(f"The {name} holds values up to {peak:.3g}, beyond the float32 range (about {limit:.3g}) that "
+                         "results are computed in; rescale the image (e.g. to 0-1 or to its detector counts) first.")
 
 
 def _as_int_labels(labels: np.ndarray, what: str = "labels") -> np.ndarray:

@@ -10,7 +10,7 @@ import torch
 
 from ..data.tiling import predict_tiled, tile_count
 from ..errors import InputError
-from .device import autocast
+from .device import autocast, is_out_of_memory, prefers_channels_last, release_device_memory
 
 
 def choose_tiling(receptive_field: int, tile: int, size_multiple: int, overlap: int | None = None) -> tuple[int, int]:
@@ -44,30 +44,12 @@ def forward_fn(
     return TileForward(net, device, amp=amp, activation=activation, max_batch=max_batch)
 
 
-def is_out_of_memory(exc: BaseException) -> bool:
-    """A device out-of-memory error (CUDA's own type, or the RuntimeError MPS and older CUDA raise)."""
-    oom = getattr(torch.cuda, "OutOfMemoryError", None)
-    if oom is not None and isinstance(exc, oom):
-        return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-
-
-def release_device_memory(device: torch.device) -> None:
-    """Give cached device memory back (after an out-of-memory error and at the end of a run)."""
-    if device.type == "cuda" and torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    elif device.type == "mps" and hasattr(torch, "mps"):
-        try:
-            torch.mps.empty_cache()
-        except (AttributeError, RuntimeError):
-            pass
-
-
 class TileForward:
     """A network as a numpy function for the tiler, run in sub-batches that fit the device.
 
-    On CUDA the network and its input are channels_last, the input goes through a pinned host
-    buffer (asynchronous copy) and runs under bf16 autocast (``amp``). When the device runs out
+    On CUDA and the CPU the network and its input are channels_last (faster convolutions); on
+    CUDA the input goes through a pinned host buffer (asynchronous copy) and runs under bf16
+    autocast (``amp``). When the device runs out
     of memory the sub-batch is halved and the tiles are tried again (``max_batch`` remembers
     it); a single tile that does not fit raises :class:`~napari_emssl.errors.InputError`
     asking for smaller tiles.
@@ -79,14 +61,16 @@ class TileForward:
         self.max_batch = max_batch
         self.backoffs = 0
         self._cuda = device.type == "cuda"
+        self._channels_last = prefers_channels_last(device)
         self._pinned: torch.Tensor | None = None
-        if self._cuda:
+        if self._channels_last:
             net.to(memory_format=torch.channels_last)
 
     def _to_device(self, batch: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
         if not self._cuda:
-            return x.to(self.device)
+            x = x.to(self.device)
+            return x.contiguous(memory_format=torch.channels_last) if self._channels_last else x
         if self._pinned is None or self._pinned.numel() < x.numel():
             self._pinned = torch.empty(x.numel(), dtype=torch.float32).pin_memory()
         staged = self._pinned[: x.numel()].view(x.shape)

@@ -42,6 +42,7 @@ class TrainState:
     cancelled: bool = False
     seconds: float = 0.0
     micro_batch_size: int | None = None  # set when the device ran out of memory and steps were split
+    error: Exception | None = None  # what ended the run early (e.g. DeviceMemoryError), re-raised once the model is saved
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:

@@ -106,7 +106,7 @@ def graph_spec(model: TrainedModel) -> GraphSpec:
 def exported_network(model: TrainedModel) -> ExportedNetwork:
     """A CPU float32 copy of ``model.net`` wrapped as the exported graph (the model itself is left unchanged)."""
     spec = graph_spec(model)
-    net = copy.deepcopy(model.net).to("cpu").float().eval()
+    net = copy.deepcopy(model.net).to("cpu").float().to(memory_format=torch.contiguous_format).eval()
     for p in net.parameters():
         p.requires_grad_(False)
     return ExportedNetwork(net, spec.task, spec.factor).eval()

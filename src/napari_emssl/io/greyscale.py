@@ -24,6 +24,8 @@ def to_greyscale(array: np.ndarray, axes: str, name: str, photometric_rgb, *, lo
 
     Returns the array, its axes ("YX" or "ZYX") and the indices of the input axes kept.
     """
+    if array.size == 0:
+        raise InputError(f"'{name}' holds no pixels (shape {array.shape}); the file may be damaged: copy it again.")
     keep = [i for i, (n, ax) in enumerate(zip(array.shape, axes)) if n > 1 or ax in "YX"]
     array = array.reshape([array.shape[i] for i in keep])
     axes = "".join(axes[i] for i in keep)

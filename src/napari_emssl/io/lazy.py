@@ -21,7 +21,7 @@ import numpy as np
 
 from napari_emssl.errors import InputError
 from napari_emssl.io.pixel_size import tiff_scale, unit_factor
-from napari_emssl.io.tiff import _TIFF_MAGIC, ImageMeta, read_image
+from napari_emssl.io.tiff import _TIFF_MAGIC, ImageMeta, check_claimed_size, read_image
 from napari_emssl.io.tiff_integrity import check_complete
 
 __all__ = ["LazyArray", "open_lazy", "is_zarr_path", "ome_zarr_attrs"]
@@ -77,6 +77,8 @@ def _open_tiff(path: Path):
             tif.close()
             return None
         check_complete(tif, [series], name)
+        plane_bytes = int(np.prod(shape[-2:])) * np.dtype(series.dtype).itemsize
+        check_claimed_size(name, plane_bytes, path.stat().st_size)  # one slice must fit in memory
         page = series.keyframe
         if int(page.photometric) == 2:  # RGB
             tif.close()

@@ -93,6 +93,7 @@ def _read_tiff(path: Path):
             if not tif.series:
                 raise InputError(f"'{name}' is a TIFF file without any image in it; expected a greyscale image or stack.")
             series = tif.series[0]
+            check_claimed_size(name, int(series.size) * series.dtype.itemsize, path.stat().st_size)
             same = [
                 s for s in tif.series
                 if s.shape == series.shape and s.dtype == series.dtype and s.axes == series.axes
@@ -121,6 +122,21 @@ def _read_tiff(path: Path):
     if array.ndim != len(axes):  # defensive; tifffile keeps them in step
         axes = "Q" * (array.ndim - 2) + "YX"
     return array, axes, photometric_rgb, scale, unit
+
+
+def check_claimed_size(name: str, nbytes: int, file_size: int) -> None:
+    """Refuse a file whose tags claim more pixel bytes than this computer's memory (damaged tags, most likely),
+    before anything that size is allocated."""
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return
+    if nbytes > memory:
+        raise InputError(
+            f"'{name}' claims {nbytes / 2**30:.1f} GB of pixels in a {file_size:,}-byte file, more than this computer's "
+            f"{memory / 2**30:.0f} GB of memory: the file is damaged, or too big to load at once (emssl predict "
+            "reads big stacks slice by slice)."
+        )
 
 
 def _read_other(path: Path):
