@@ -12,21 +12,24 @@ the weights), on a zlib-compressed uint8 TIFF stack of ``--slices`` x ``--side``
 - ``tiled_in_memory``: ``api.predict`` on the stack already in memory (no file I/O);
 - ``naive_full``: the same network on each whole slice at once (no tiling, no overlap, no
   reading ahead or writing behind), plus the argmax / denormalisation;
-- variants of the tiled path for the CPU: 512-pixel tiles, TorchScript (trace + freeze).
+- variants of the tiled path: 512-pixel tiles; on the CPU also TorchScript (trace + freeze) and
+  NCHW (contiguous) convolutions instead of the channels-last ones prediction uses.
 
 The roofline: FLOPs per pixel of the network (``FlopCounterMode`` on a 256 x 256 forward,
 dividing by the pixels) x pixels/s / peak. On the CPU the peak is measured: the float32
 matrix-multiply rate (4096 x 4096, best of 3) on the same threads; on CUDA it is the dense
 bf16 peak of the device (``--peak-tflops``, default 989 for an H100 SXM; an H200 has the same).
 Peak memory: a child process streams a float32 stack ``--memory-factor`` times bigger than
-``--budget-mb`` from file to file with class probabilities and reports the growth of its
-peak resident memory (``ru_maxrss``) over a warm-up on two slices.
+``--budget-mb`` from file to file with class probabilities and reports its peak resident memory
+(``ru_maxrss``): over the model loaded (``working_mb``) and over a warm-up on two slices of the
+same size (``peak_increase_mb``: what the stack's length adds).
 Results go to ``benchmarks/results/prediction_throughput_<device>.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -117,6 +120,19 @@ class _Traced(torch.nn.Module):
         return self.traced(x)
 
 
+@contextlib.contextmanager
+def _contiguous_layout():
+    """Prediction with NCHW (contiguous) convolutions, as before channels-last was used on the CPU."""
+    from napari_emssl.engine import predictor
+
+    original = predictor.prefers_channels_last
+    predictor.prefers_channels_last = lambda device: False
+    try:
+        yield
+    finally:
+        predictor.prefers_channels_last = original
+
+
 def timed(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -132,11 +148,13 @@ MEMORY_SCRIPT = textwrap.dedent("""
     from napari_emssl.engine.model_dir import load_model
     model = load_model(sys.argv[1])
     config = PredictConfig(device=sys.argv[6], probabilities=True)
+    loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     list(iter_predict_files(model, [sys.argv[2]], sys.argv[4] + "-warm-up", config))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     events = list(iter_predict_files(model, [sys.argv[3]], sys.argv[4], config))
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_increase_mb": (after - before) / 1024, "seconds": events[-1].result.seconds,
+    print(json.dumps({"peak_increase_mb": (after - before) / 1024, "working_mb": (after - loaded) / 1024,
+                      "peak_rss_mb": after / 1024, "seconds": events[-1].result.seconds,
                       "done": len(events[-1].result.done)}))
 """)
 
@@ -204,6 +222,8 @@ def main() -> None:
             if device.type == "cpu":
                 traced = TrainedModel(net=_Traced(model.net, torch.zeros(4, 1, 256, 256)), meta=model.meta)
                 modes["tiled_torchscript"] = timed(lambda: api.predict(traced, stack, config))
+                with _contiguous_layout():
+                    modes["tiled_nchw"] = timed(lambda: api.predict(model, stack, config))
             entry = {"arch": DEFAULT_SEGMENT_ARCH, "out_channels": int(model.meta["out_channels"]), "flops_per_pixel": fpp,
                      "receptive_field": model.net.receptive_field, "modes": {}}
             for mode, seconds in modes.items():

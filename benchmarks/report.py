@@ -341,6 +341,7 @@ MODE_TEXT = {
     "naive_full": "naive: whole slice in one forward, no tiling or overlap",
     "tiled_512": "tiled, 512-pixel tiles",
     "tiled_torchscript": "tiled, TorchScript (trace + freeze)",
+    "tiled_nchw": "tiled, NCHW convolutions (the layout before channels-last)",
 }
 
 
@@ -369,9 +370,12 @@ def throughput_section(runs: list[dict]) -> list[str]:
             lines += ["", f"Peak memory ({run['device']}): a float32 stack of {' x '.join(map(str, mem['stack_shape']))} "
                           f"({mem['input_mb']:.0f} MB in, {mem['output_mb']:.0f} MB of labels and class probabilities out, "
                           f"{(mem['input_mb'] + mem['output_mb']) / mem['budget_mb']:.1f} x a {mem['budget_mb']:.0f} MB budget) "
-                          f"streamed from file to file in {mem['seconds']:.0f} s raised the process's peak resident memory by "
-                          f"**{mem['peak_increase_mb']:.1f} MB** over a two-slice warm-up "
-                          "(the test suite checks the same with a smaller stack: `tests/core/test_batch.py`)."]
+                          f"streamed from file to file in {mem['seconds']:.0f} s: the process's peak resident memory was "
+                          f"{mem.get('peak_rss_mb', float('nan')):.0f} MB, **{mem.get('working_mb', float('nan')):.0f} MB** over "
+                          f"the loaded model (reading, predicting and writing a few slices at once), and "
+                          f"**{mem['peak_increase_mb']:.1f} MB** over a warm-up on two slices of the same size: the stack's "
+                          "length adds nothing (the test suite checks the same with a smaller stack: "
+                          "`tests/core/test_batch.py`)."]
         lines.append("")
     return lines
 
