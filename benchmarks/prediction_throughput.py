@@ -21,8 +21,8 @@ matrix-multiply rate (4096 x 4096, best of 3) on the same threads; on CUDA it is
 bf16 peak of the device (``--peak-tflops``, default 989 for an H100 SXM; an H200 has the same).
 Peak memory: a child process streams a float32 stack ``--memory-factor`` times bigger than
 ``--budget-mb`` from file to file with class probabilities and reports its peak resident memory
-(``ru_maxrss``): over the model loaded (``working_mb``) and over a warm-up on two slices of the
-same size (``peak_increase_mb``: what the stack's length adds).
+(``VmHWM``, reset with ``/proc/self/clear_refs``): over the loaded model (``working_mb``) and over
+the resident memory after a warm-up on two slices of the same size (``peak_increase_mb``).
 Results go to ``benchmarks/results/prediction_throughput_<device>.json``.
 """
 
@@ -140,21 +140,32 @@ def timed(fn) -> float:
 
 
 MEMORY_SCRIPT = textwrap.dedent("""
-    import json, resource, sys
+    import json, sys
     import numpy as np, torch
     torch.set_num_threads(int(sys.argv[5]))
     from napari_emssl.batch import iter_predict_files
     from napari_emssl.config import PredictConfig
     from napari_emssl.engine.model_dir import load_model
+
+    def status(key):  # MB; VmHWM is this process's own peak (ru_maxrss would include the parent's after fork)
+        with open("/proc/self/status") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith(key + ":")) / 1024
+
+    def reset_peak():
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+
     model = load_model(sys.argv[1])
     config = PredictConfig(device=sys.argv[6], probabilities=True)
-    loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    loaded = status("VmRSS")
     list(iter_predict_files(model, [sys.argv[2]], sys.argv[4] + "-warm-up", config))
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    warm_peak = status("VmHWM")
+    reset_peak()
+    before = status("VmRSS")
     events = list(iter_predict_files(model, [sys.argv[3]], sys.argv[4], config))
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_increase_mb": (after - before) / 1024, "working_mb": (after - loaded) / 1024,
-                      "peak_rss_mb": after / 1024, "seconds": events[-1].result.seconds,
+    peak = status("VmHWM")
+    print(json.dumps({"peak_increase_mb": peak - before, "working_mb": max(peak, warm_peak) - loaded, "peak_rss_mb": peak,
+                      "model_loaded_rss_mb": loaded, "seconds": events[-1].result.seconds,
                       "done": len(events[-1].result.done)}))
 """)
 
@@ -189,6 +200,7 @@ def main() -> None:
     parser.add_argument("--budget-mb", type=float, default=128.0)
     parser.add_argument("--memory-factor", type=float, default=4.0)
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--only-memory", action="store_true", help="measure memory only, into the existing results file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -204,6 +216,15 @@ def main() -> None:
            "peak_flops": peak, "peak_kind": peak_kind, "stack": [args.slices, args.side, args.side],
            "command": "python benchmarks/prediction_throughput.py " + " ".join(sys.argv[1:]), "models": {}}
     megapixels = args.slices * args.side * args.side / 1e6
+    path = RESULTS / f"prediction_throughput_{device.type}.json"
+    if args.only_memory:
+        run = json.loads(path.read_text())
+        with tempfile.TemporaryDirectory() as tmp_name:
+            run["memory"] = peak_memory(make_model("segment"), Path(tmp_name), args)
+        run["memory_command"] = "python benchmarks/prediction_throughput.py " + " ".join(sys.argv[1:])
+        path.write_text(json.dumps(run, indent=2) + "\n")
+        print("memory", run["memory"])
+        return
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         stack = make_stack(tmp / "stack.tif", args.slices, args.side)
@@ -237,7 +258,6 @@ def main() -> None:
             run["memory"] = peak_memory(make_model("segment"), tmp, args)
             print("memory", run["memory"], flush=True)
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"prediction_throughput_{device.type}.json"
     path.write_text(json.dumps(run, indent=2) + "\n")
     print(f"written {path}")
 

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from .. import __version__
 from ..errors import ModelFormatError
+from ..io.atomic import fsync
 from .model_schema import REQUIRED_KEYS, validate_model_meta
 
 FORMAT_VERSION = 1
@@ -202,20 +203,6 @@ def check_state_dict(net: torch.nn.Module, state: dict[str, torch.Tensor], *, so
         raise ModelFormatError(f"the weights in {source} do not fit the architecture: " + "; ".join(parts))
 
 
-def _fsync(path: str | os.PathLike, directory: bool = False) -> None:
-    """Flush ``path`` (a file, or a folder's entries) to disk; a no-op where the OS does not allow it."""
-    try:
-        fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 #: temporary files of an interrupted save: ours (``_atomic_write``) and safetensors' own (Rust ``tempfile``: ``.tmpXXXXXX``)
 SAFETENSORS_TEMP = ".tmp??????"
 
@@ -243,9 +230,9 @@ def _atomic_write(final: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
-        _fsync(tmp)
+        fsync(tmp)
         os.replace(tmp, final)
-        _fsync(final.parent, directory=True)
+        fsync(final.parent, directory=True)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from napari_emssl.errors import InputError
+from napari_emssl.io.atomic import fsync, make_folder, temporary_file
 from napari_emssl.io.tiff import COMPRESSIONS, tiff_write_kwargs
 
 __all__ = ["ArraySink", "TiffSink", "ZarrSink", "open_sink", "SINK_FORMATS", "output_suffix"]
@@ -89,7 +90,7 @@ class TiffSink(_Planes):
         if compression not in (None, *COMPRESSIONS):
             raise InputError(f"Unknown TIFF compression '{compression}'; expected one of {', '.join(COMPRESSIONS)}.")
         kwargs = tiff_write_kwargs(self.shape, self.dtype, scale, None if compression == "none" else compression, axes)
-        self._tmp = _temporary_file(self.path)
+        self._tmp = temporary_file(self.path)
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, queue_planes))
         self._error: BaseException | None = None
 
@@ -145,7 +146,7 @@ class TiffSink(_Planes):
         self._thread.join()
         if self._error is not None:
             self._raise(f"writing '{self.path}' failed")
-        _fsync(self._tmp)
+        fsync(self._tmp)
         os.replace(self._tmp, self.path)
 
     def abort(self) -> None:
@@ -179,7 +180,7 @@ class ZarrSink(_Planes):
 
         self.path, self.atomic = Path(path), atomic
         folder = self.path.parent if str(self.path.parent) else Path(".")
-        _make_folder(folder, self.path)
+        make_folder(folder, self.path)
         self._dir = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=folder)) if atomic else self.path
         if not atomic and self._dir.exists():
             shutil.rmtree(self._dir)
@@ -229,49 +230,3 @@ def open_sink(fmt: str, path: str | os.PathLike, shape: tuple[int, ...], dtype, 
             raise InputError("class probabilities of a stack are written as TIFF only; use --format tif with --probabilities")
         return ZarrSink(path, shape, dtype, scale=scale)
     raise InputError(f"Unknown output format {fmt!r}; expected one of {', '.join(SINK_FORMATS)}.")
-
-
-def _make_folder(folder: Path, path: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"Cannot create the folder '{folder}' for '{path}' ({exc.strerror or exc}).") from exc
-
-
-def _temporary_file(path: Path) -> str:
-    folder = path.parent if str(path.parent) else Path(".")
-    _make_folder(folder, path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    except OSError as exc:
-        raise InputError(f"Cannot write into the folder '{folder}' ({exc.strerror or exc}); choose a folder you can write to.") from exc
-    os.close(fd)
-    _readable(tmp)
-    return tmp
-
-
-def _readable(path: str) -> None:
-    """Give a temporary file the permissions a normally created file gets (mkstemp makes it private)."""
-    umask = 0o022
-    try:  # read, not set: os.umask() would change it for every thread for a moment
-        with open("/proc/self/status") as fh:
-            umask = next((int(line.split()[1], 8) for line in fh if line.startswith("Umask:")), umask)
-    except (OSError, ValueError):
-        pass
-    try:
-        os.chmod(path, 0o666 & ~umask)
-    except OSError:
-        pass
-
-
-def _fsync(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

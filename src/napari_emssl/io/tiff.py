@@ -13,13 +13,13 @@ resolution in the default unit "inch" is a print setting, not a pixel size, and 
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from napari_emssl.errors import InputError
+from napari_emssl.io.atomic import temporary_file
 from napari_emssl.io.greyscale import to_greyscale
 from napari_emssl.io.pixel_size import final_scale, tiff_scale
 from napari_emssl.io.tiff_integrity import check_complete
@@ -208,19 +208,7 @@ def write_image(path: str | os.PathLike, array: np.ndarray, *, scale=None, compr
 
     kwargs = tiff_write_kwargs(array.shape, array.dtype, scale, comp)
 
-    folder = path.parent if str(path.parent) else Path(".")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"Cannot create the folder '{folder}' for '{path}' ({exc.strerror or exc}).") from exc
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    except OSError as exc:
-        raise InputError(f"Cannot write into the folder '{folder}' ({exc.strerror or exc}); choose a folder you can write to.") from exc
-    os.close(fd)
-    from napari_emssl.io.sinks import _readable
-
-    _readable(tmp)
+    tmp = temporary_file(path)
     try:
         tifffile.imwrite(tmp, array, **kwargs)
         os.replace(tmp, path)
