@@ -19,10 +19,11 @@ The roofline: FLOPs per pixel of the network (``FlopCounterMode`` on a 256 x 256
 dividing by the pixels) x pixels/s / peak. On the CPU the peak is measured: the float32
 matrix-multiply rate (4096 x 4096, best of 3) on the same threads; on CUDA it is the dense
 bf16 peak of the device (``--peak-tflops``, default 989 for an H100 SXM; an H200 has the same).
-Peak memory: a child process streams a float32 stack ``--memory-factor`` times bigger than
-``--budget-mb`` from file to file with class probabilities and reports its peak resident memory
+Peak memory: a child process streams a float32 stack whose input and outputs together are
+``--memory-factor`` times ``--budget-mb`` from file to file with class probabilities and reports its peak resident memory
 (``VmHWM``, reset with ``/proc/self/clear_refs``): over the loaded model (``working_mb``) and over
-the resident memory after a warm-up on two slices of the same size (``peak_increase_mb``).
+the resident memory after a warm-up on eight slices of the same size (``peak_increase_mb``: what
+the stack's length adds).
 Results go to ``benchmarks/results/prediction_throughput_<device>.json``.
 """
 
@@ -172,9 +173,11 @@ MEMORY_SCRIPT = textwrap.dedent("""
 
 def peak_memory(model: TrainedModel, tmp: Path, args) -> dict:
     side = args.side
-    slices = max(2, int(np.ceil(args.memory_factor * args.budget_mb * 2**20 / (side * side * 4))))
+    k = int(model.meta["out_channels"])
+    per_slice = side * side * (4 + 1 + 4 * k)  # float32 in; labels and class probabilities out
+    slices = max(8, int(np.ceil(args.memory_factor * args.budget_mb * 2**20 / per_slice)))
     rng = np.random.default_rng(1)
-    for name, n in (("mem_big.tif", slices), ("mem_small.tif", 2)):
+    for name, n in (("mem_big.tif", slices), ("mem_small.tif", 8)):
         with tifffile.TiffWriter(tmp / name, imagej=True) as tif:
             tif.write((rng.random((side, side), np.float32) for _ in range(n)), shape=(n, side, side), dtype=np.float32,
                       metadata={"axes": "ZYX"})
@@ -184,7 +187,6 @@ def peak_memory(model: TrainedModel, tmp: Path, args) -> dict:
                            str(tmp / "mem_big.tif"), str(tmp / "mem-out"), str(args.threads), args.device],
                           capture_output=True, text=True, check=True)
     report = json.loads(proc.stdout.strip().splitlines()[-1])
-    k = int(model.meta["out_channels"])
     report.update(stack_shape=[slices, side, side], input_mb=slices * side * side * 4 / 2**20,
                   output_mb=slices * side * side * (1 + 4 * k) / 2**20, budget_mb=args.budget_mb)
     return report
@@ -197,8 +199,9 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=8)
     parser.add_argument("--side", type=int, default=1024)
     parser.add_argument("--peak-tflops", type=float, default=989.0)
-    parser.add_argument("--budget-mb", type=float, default=128.0)
-    parser.add_argument("--memory-factor", type=float, default=4.0)
+    parser.add_argument("--budget-mb", type=float, default=512.0,
+                        help="memory the prediction may use over the loaded model (default 512 MB)")
+    parser.add_argument("--memory-factor", type=float, default=3.0, help="stack size (in + out) / budget (default 3)")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--only-memory", action="store_true", help="measure memory only, into the existing results file")
     args = parser.parse_args()

@@ -368,13 +368,14 @@ def throughput_section(runs: list[dict]) -> list[str]:
         mem = run.get("memory")
         if mem:
             lines += ["", f"Peak memory ({run['device']}): a float32 stack of {' x '.join(map(str, mem['stack_shape']))} "
-                          f"({mem['input_mb']:.0f} MB in, {mem['output_mb']:.0f} MB of labels and class probabilities out, "
+                          f"({mem['input_mb']:.0f} MB in, {mem['output_mb']:.0f} MB of labels and class probabilities out: "
                           f"{(mem['input_mb'] + mem['output_mb']) / mem['budget_mb']:.1f} x a {mem['budget_mb']:.0f} MB budget) "
-                          f"streamed from file to file in {mem['seconds']:.0f} s: the process's peak resident memory was "
-                          f"{mem.get('peak_rss_mb', float('nan')):.0f} MB, **{mem.get('working_mb', float('nan')):.0f} MB** over "
-                          f"the loaded model (reading, predicting and writing a few slices at once), and "
-                          f"**{mem['peak_increase_mb']:.1f} MB** over a warm-up on two slices of the same size: the stack's "
-                          "length adds nothing (the test suite checks the same with a smaller stack: "
+                          f"streamed from file to file in {mem['seconds']:.0f} s. Peak resident memory "
+                          f"{mem['peak_rss_mb']:.0f} MB, of which {mem['model_loaded_rss_mb']:.0f} MB were there with the model "
+                          f"loaded; prediction used **{mem['working_mb']:.0f} MB** over that (the network's activations for "
+                          "a batch of tiles, a few slices in flight), and the stack's length added "
+                          f"**{mem['peak_increase_mb']:.0f} MB** over an 8-slice warm-up of the same slices "
+                          f"(`{run.get('memory_command', run['command'])}`; the test suite checks the same on a smaller stack: "
                           "`tests/core/test_batch.py`)."]
         lines.append("")
     return lines
