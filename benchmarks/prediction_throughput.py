@@ -21,9 +21,9 @@ matrix-multiply rate (4096 x 4096, best of 3) on the same threads; on CUDA it is
 bf16 peak of the device (``--peak-tflops``, default 989 for an H100 SXM; an H200 has the same).
 Peak memory: a child process streams a float32 stack whose input and outputs together are
 ``--memory-factor`` times ``--budget-mb`` from file to file with class probabilities and reports its peak resident memory
-(``VmHWM``, reset with ``/proc/self/clear_refs``): over the loaded model (``working_mb``) and over
-the resident memory after a warm-up on eight slices of the same size (``peak_increase_mb``: what
-the stack's length adds).
+(``VmHWM``, reset with ``/proc/self/clear_refs``) over the loaded model (``working_mb``), and the
+resident memory after every slice (its maximum over the first and the second half of the stack:
+a stack's length adds nothing when they agree).
 Results go to ``benchmarks/results/prediction_throughput_<device>.json``.
 """
 
@@ -146,6 +146,7 @@ MEMORY_SCRIPT = textwrap.dedent("""
     torch.set_num_threads(int(sys.argv[5]))
     from napari_emssl.batch import iter_predict_files
     from napari_emssl.config import PredictConfig
+    from napari_emssl.engine.events import PredictionSlice
     from napari_emssl.engine.model_dir import load_model
 
     def status(key):  # MB; VmHWM is this process's own peak (ru_maxrss would include the parent's after fork)
@@ -162,11 +163,17 @@ MEMORY_SCRIPT = textwrap.dedent("""
     list(iter_predict_files(model, [sys.argv[2]], sys.argv[4] + "-warm-up", config))
     warm_peak = status("VmHWM")
     reset_peak()
-    before = status("VmRSS")
-    events = list(iter_predict_files(model, [sys.argv[3]], sys.argv[4], config))
+    events, rss = [], []
+    for event in iter_predict_files(model, [sys.argv[3]], sys.argv[4], config):
+        events.append(event)
+        if isinstance(event, PredictionSlice):
+            rss.append(status("VmRSS"))
     peak = status("VmHWM")
-    print(json.dumps({"peak_increase_mb": peak - before, "working_mb": max(peak, warm_peak) - loaded, "peak_rss_mb": peak,
-                      "model_loaded_rss_mb": loaded, "seconds": events[-1].result.seconds,
+    half = len(rss) // 2
+    print(json.dumps({"working_mb": max(peak, warm_peak) - loaded, "peak_rss_mb": max(peak, warm_peak),
+                      "warm_up_peak_mb": warm_peak, "run_peak_mb": peak, "model_loaded_rss_mb": loaded,
+                      "rss_after_slice_mb": [round(r) for r in rss], "rss_first_half_max_mb": max(rss[:half]),
+                      "rss_second_half_max_mb": max(rss[half:]), "seconds": events[-1].result.seconds,
                       "done": len(events[-1].result.done)}))
 """)
 

@@ -373,8 +373,9 @@ def throughput_section(runs: list[dict]) -> list[str]:
                           f"streamed from file to file in {mem['seconds']:.0f} s. Peak resident memory "
                           f"{mem['peak_rss_mb']:.0f} MB, of which {mem['model_loaded_rss_mb']:.0f} MB were there with the model "
                           f"loaded; prediction used **{mem['working_mb']:.0f} MB** over that (the network's activations for "
-                          "a batch of tiles, a few slices in flight), and the stack's length added "
-                          f"**{mem['peak_increase_mb']:.0f} MB** over an 8-slice warm-up of the same slices "
+                          "a batch of tiles, a few slices in flight), and it does not grow with the stack: the resident "
+                          f"memory after each slice peaked at {mem['rss_first_half_max_mb']:.0f} MB over the first half of "
+                          f"the stack and {mem['rss_second_half_max_mb']:.0f} MB over the second "
                           f"(`{run.get('memory_command', run['command'])}`; the test suite checks the same on a smaller stack: "
                           "`tests/core/test_batch.py`)."]
         lines.append("")
