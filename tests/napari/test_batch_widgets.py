@@ -114,3 +114,31 @@ def test_apply_a_bioimageio_package(qtbot, viewer_widgets, wait_idle, crop, tmp_
     wait_idle(apply)
     expected = api.predict(model, crop[0], PredictConfig(device="cpu", tile=64)).labels
     np.testing.assert_array_equal(viewer.layers["crop segmentation"].data, expected)
+
+
+def test_closing_the_viewer_mid_batch_leaves_complete_files_only(qtbot, viewer_widgets, wait_idle, crop, tmp_path):
+    viewer, finetune, apply = viewer_widgets
+    _train(finetune, wait_idle)
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    stack = np.concatenate([crop[0]] * 6)  # 12 slices each: long enough to close the viewer in the middle
+    for i in range(3):
+        tifffile.imwrite(folder / f"s{i}.tif", stack, imagej=True, metadata={"axes": "ZYX"})
+    apply.mode_combo.setCurrentIndex(apply.mode_combo.findData("files"))
+    apply.files.inputs.set_path(str(folder))
+    apply.files.out_dir.set_path(str(tmp_path / "out"))
+    apply.config_overrides = {"tile": 64, "batch_size": 1}
+    slices = []
+    assert apply.start()
+    worker = apply.bridge.worker
+    worker.yielded.connect(lambda e: slices.append(e) if type(e).__name__ == "PredictionSlice" else None)
+    qtbot.waitUntil(lambda: len(slices) >= 14, timeout=60_000)  # the first file done, the second begun
+    token = apply.bridge.token
+    with qtbot.waitSignal(worker.finished, timeout=20_000):
+        viewer.close()
+    assert token.cancelled
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written and all(not name.startswith(".") for name in written)  # no temporary file left behind
+    for name in written:  # every result there is complete
+        assert tifffile.imread(tmp_path / "out" / name).shape == stack.shape
+    assert len(written) < 3

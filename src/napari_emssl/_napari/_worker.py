@@ -77,12 +77,24 @@ class _Job:
     def __init__(self) -> None:
         self.token: CancelToken | None = None
         self.worker = None
+        self.run: Iterator[Any] | None = None
 
     def abandon(self, *_: Any) -> None:
         if self.token is not None:
             self.token.cancel()
         if self.worker is not None:
             self.worker.quit()
+
+    def close_run(self, *_: Any) -> None:
+        """Close the run's generator once its worker has stopped, so its cleanup runs now: a worker that
+        quits stops pulling events without closing the generator (a stopped batch would otherwise keep
+        its temporary output file until garbage collection)."""
+        run, self.run = self.run, None
+        if run is not None:
+            try:
+                run.close()
+            except Exception:  # noqa: BLE001 - cleanup after the run; logged, never raised into Qt
+                log.exception("napari-emssl: error while closing a stopped run")
 
 
 class RunBridge(QObject):
@@ -117,10 +129,16 @@ class RunBridge(QObject):
         if self.running:
             raise RuntimeError("a run is already going on")
         token = CancelToken()
-        worker = thread_worker(_guarded, start_thread=False, ignore_errors=True)(make_run, token)
+        run = _guarded(make_run, token)
+
+        def pull() -> Iterator[Any]:
+            yield from run
+
+        worker = thread_worker(pull, start_thread=False, ignore_errors=True)()
         worker.yielded.connect(self._dispatch)
+        worker.finished.connect(self._job.close_run)  # a plain object's method: runs even when the widget is gone
         worker.finished.connect(self._finished)
-        self._job.token, self._job.worker = token, worker
+        self._job.token, self._job.worker, self._job.run = token, worker, run
         worker.start()
 
     def stop(self) -> None:
