@@ -24,6 +24,8 @@ from napari_emssl.io import read_image
 from napari_emssl.io.lazy import LazyArray, open_lazy
 from napari_emssl.io.sinks import TiffSink, ZarrSink
 
+from conftest import make_disks  # tests/conftest.py (imported at collection, before tests/napari's)
+
 CPU = PredictConfig(device="cpu", tile=64)
 
 
@@ -160,8 +162,6 @@ def test_inputs_from_folders_and_globs_and_name_collisions(tmp_path):
 
 
 def test_restoration_batch_keeps_scale_divided_by_factor(tmp_path, tiny_config):
-    from conftest import make_disks
-
     image, _, _ = make_disks(3, shape=(48, 64))
     model = api.finetune(image, config=tiny_config(task="superres", steps=1)).model
     path = tmp_path / "img.tif"

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from hypothesis.extra import numpy as hnp  # noqa: E402
 
@@ -33,6 +33,7 @@ from napari_emssl.errors import EmsslError  # noqa: E402
 from napari_emssl.io import read_image  # noqa: E402
 
 from _fuzz_tiff import mutate  # noqa: E402
+from conftest import TINY_ARCH, TINY_ARCH_KWARGS  # noqa: E402  (tests/conftest.py, imported at collection)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -136,7 +137,6 @@ def test_empty_and_single_class_labels_refused_by_finetune(labels, tiny_config):
 
 @pytest.fixture(scope="module")
 def denoiser():
-    from conftest import TINY_ARCH, TINY_ARCH_KWARGS
 
     image = np.random.default_rng(0).random((64, 64)).astype(np.float32)
     config = FinetuneConfig(task="denoise", arch=TINY_ARCH, arch_kwargs=dict(TINY_ARCH_KWARGS), init="random", patch_size=32,
