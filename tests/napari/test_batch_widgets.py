@@ -58,7 +58,7 @@ def test_files_mode_applies_to_a_folder_and_reports_a_summary(qtbot, viewer_widg
         tifffile.imwrite(folder / f"s{i}.tif", crop[0][i])
     (folder / "broken.tif").write_bytes((folder / "s0.tif").read_bytes()[:500])
     apply.mode_combo.setCurrentIndex(apply.mode_combo.findData("files"))
-    assert not apply.files.isHidden() and apply.images_row.isHidden()
+    assert not apply.files.inputs.isHidden() and apply.images_row.isHidden()
     apply.files.inputs.set_path(str(folder))
     apply.files.out_dir.set_path(str(tmp_path / "out"))
     count = len(viewer.layers)

@@ -25,26 +25,29 @@ class FilesJob:
     overwrite: bool
 
 
-class FilesPanel(QWidget):
-    """Inputs (a folder, a file or a glob such as ``/data/run1/*.tif``), output folder, format, overwrite."""
+class FilesPanel:
+    """Inputs (a folder, a file or a glob such as ``/data/run1/*.tif``), output folder, format, overwrite:
+    rows for the Apply widget's own form (``rows``), so they line up with its other rows."""
 
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.inputs = FolderEdit("folder, file or glob, e.g. /data/run1/*.tif", "Folder of images", self)
+    def __init__(self, parent: QWidget) -> None:
+        self.inputs = FolderEdit("folder, file or glob, e.g. /data/run1/*.tif", "Folder of images", parent)
         self.inputs.setToolTip("Every TIFF/PNG/JPEG image (and OME-Zarr folder) in a folder, one file, or a glob pattern")
-        self.out_dir = FolderEdit("output folder (empty: beside each input)", "Output folder", self)
+        self.out_dir = FolderEdit("output folder (empty: beside each input)", "Output folder", parent)
         self.out_dir.setToolTip("Results are named after their inputs; empty: written beside each input as "
                                 "<name>_segmentation.tif, <name>_denoised.tif, ...")
-        self.fmt = QComboBox(self)
+        self.fmt = QComboBox(parent)
         self.fmt.addItem("TIFF", "tif")
         self.fmt.addItem("OME-Zarr", "zarr")
-        self.overwrite = QCheckBox("overwrite results that exist (else: skip those inputs)", self)
-        form = QFormLayout(self)
-        form.setContentsMargins(0, 0, 0, 0)
-        form.addRow("Inputs", self.inputs)
-        form.addRow("Output", self.out_dir)
-        form.addRow("Format", self.fmt)
-        form.addRow("", self.overwrite)
+        self.overwrite = QCheckBox("overwrite results that exist (else: skip those inputs)", parent)
+        self.rows = (("Inputs", self.inputs), ("Output", self.out_dir), ("Format", self.fmt), ("", self.overwrite))
+
+    def add_to(self, form: QFormLayout) -> None:
+        for label, widget in self.rows:
+            form.addRow(label, widget)
+
+    def set_visible(self, form: QFormLayout, visible: bool) -> None:
+        for _, widget in self.rows:
+            form.setRowVisible(widget, visible)
 
     def job(self) -> FilesJob:
         """The choices, checked on the main thread (the inputs must match at least one image)."""

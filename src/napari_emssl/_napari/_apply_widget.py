@@ -118,7 +118,6 @@ class ApplyWidget(StopsRunOnClose, QWidget):
         images_layout.addWidget(self.images)
         images_layout.addWidget(self.all_button)
         self.files = FilesPanel(self)
-        self.files.setVisible(False)
         self.mode_combo.currentIndexChanged.connect(lambda _: self._show_mode())
         self.probabilities = QCheckBox("also add class probabilities", self)
         self.keep_dtype = QCheckBox("keep the image's pixel type (restoration)", self)
@@ -135,7 +134,7 @@ class ApplyWidget(StopsRunOnClose, QWidget):
         form.addRow("", self.model_info)
         form.addRow("Apply to", self.mode_combo)
         form.addRow("Images", self.images_row)
-        form.addRow(self.files)
+        self.files.add_to(form)
         form.addRow("", self.probabilities)
         form.addRow("", self.keep_dtype)
         form.addRow("", self.tta)
@@ -149,15 +148,15 @@ class ApplyWidget(StopsRunOnClose, QWidget):
         layout.addWidget(self.controls)
         layout.addStretch(1)
         self._form = form
+        self._show_mode()
 
     def mode(self) -> str:
         return self.mode_combo.currentData()
 
     def _show_mode(self) -> None:
         files = self.mode() == "files"
-        self.images_row.setVisible(not files)
-        self._form.labelForField(self.images_row).setVisible(not files)
-        self.files.setVisible(files)
+        self._form.setRowVisible(self.images_row, not files)
+        self.files.set_visible(self._form, files)
         self.target_combo.setEnabled(not files)
         self.probabilities.setText("also write class probabilities (<name>_probabilities.tif)" if files
                                    else "also add class probabilities")
