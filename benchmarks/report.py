@@ -275,8 +275,8 @@ def restoration_section(run: dict) -> list[str]:
                  "pixels as our training sees"
                  + (f"; n2v_long: {run['n2v'].get('long_epochs')} epochs, about our wall time"
                     if any(r["method"] == "n2v_long" for r in rows) else "") + "); "
-                 f"ours is `emssl finetune --task denoise` with every default ({run['steps']} steps, bundled weights) and "
-                 "ours_random the same from random weights."]
+                 f"ours is `emssl finetune --task denoise` with the defaults of the time ({run['steps']} steps, bundled "
+                 f"weights, blind-spot share {run.get('mask_fraction', 0.01):g}) and ours_random the same from random weights."]
     else:
         title = "## Super-resolution x2 of STEM and SEM images (from the downscaled image alone)"
         intro = ["Each image was area-downscaled by 2; every method restores the full resolution from that alone. Ours is "

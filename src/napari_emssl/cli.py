@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from . import __version__
-from .config import METHODS, TASKS, PretrainConfig
+from .config import METHODS, TASKS, FinetuneConfig, PretrainConfig
 from .errors import EmsslError
 
 EXIT_OK, EXIT_ERROR, EXIT_CANCELLED = 0, 1, 130
@@ -73,8 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--lr", type=float, default=2e-3)
     ft.add_argument("--seed", type=int, default=0)
     ft.add_argument("--factor", type=int, choices=(2, 4), default=2, help="super-resolution factor")
-    ft.add_argument("--mask-fraction", type=float, default=0.01,
-                    help="self-supervised denoising: fraction of pixels hidden from the network per patch (default 0.01)")
+    ft.add_argument("--mask-fraction", type=float, default=FinetuneConfig.mask_fraction,
+                    help="self-supervised denoising: fraction of pixels hidden from the network per patch "
+                         f"(default {FinetuneConfig.mask_fraction:g})")
     common(ft)
 
     pr = sub.add_parser("predict", help="apply a model to images, folders or globs; writes OUT/<input stem>.tif",

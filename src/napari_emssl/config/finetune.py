@@ -66,7 +66,7 @@ class FinetuneConfig:
     preview_every_s: float = 10.0  # 0 disables live previews
     tile: int = 256
     factor: int = 2  # super-resolution only: 2 or 4
-    mask_fraction: float = 0.01  # self-supervised denoising: fraction of pixels masked (blind spots) per patch
+    mask_fraction: float = 0.0625  # self-supervised denoising: share of pixels masked (blind spots) per patch
     schema_version: int = SCHEMA_VERSION
 
     DEFAULT_STEPS = 600
