@@ -18,7 +18,6 @@ is applied to a folder or glob of images and the results are written to disk
 
 from __future__ import annotations
 
-import json
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLabe
 
 from .. import api
 from ..batch import iter_predict_files, iter_predict_to_zarr
-from ..config import TASKS, PredictConfig
+from ..config import PredictConfig
 from ..data.validate import check_image
 from ..engine.events import (
     Event,
@@ -43,11 +42,12 @@ from ..engine.events import (
     RunFinished,
     RunStarted,
 )
-from ..engine.model_dir import META_NAME, WEIGHTS_NAME, TrainedModel, load_model
-from ..errors import EmsslError, InputError, ModelFormatError
+from ..engine.model_dir import TrainedModel, load_model
+from ..errors import EmsslError, InputError
 from ..prediction import check_source
 from ._apply_files import FilesPanel, file_progress_text, summary_text
 from ._apply_results import show_result, show_streamed
+from ._model_info import describe_model, read_model_meta
 from ._controls import FolderEdit, LayerCombo, LayerList, RunControls, device_combo, format_seconds
 from ._layers import (
     docked_widgets,
@@ -389,45 +389,3 @@ def _layer_pixels(layer) -> Any:
     if isinstance(data, np.ndarray):
         return check_image(data, name=f"image {layer.name!r}")
     return check_source(data, name=f"image {layer.name!r}")
-
-
-def read_model_meta(folder: str) -> dict:
-    """model.json of a model folder, with the cheap checks done on the main thread."""
-    if not folder:
-        raise InputError("Choose the model folder (the one with model.json and model.safetensors).")
-    path = Path(folder)
-    from ..export.importer import is_bioimageio_package
-
-    if path.exists() and is_bioimageio_package(path):  # a bioimage.io package made by napari-emssl (zip or folder)
-        from ..export import load_any
-
-        return load_any(path).meta
-    if not path.is_dir():
-        raise ModelFormatError(f"Model folder {folder!r} does not exist.")
-    if not (path / META_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
-        raise ModelFormatError(f"{folder!r} is not a model folder: it needs {META_NAME} and {WEIGHTS_NAME}.")
-    try:
-        meta = json.loads((path / META_NAME).read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ModelFormatError(f"{path / META_NAME} is not readable JSON ({exc}).") from None
-    if not isinstance(meta, dict) or "arch" not in meta:
-        raise ModelFormatError(f"{path / META_NAME} does not describe a napari-emssl model.")
-    if meta.get("task", "segment") not in TASKS:
-        raise ModelFormatError(f"The model in {folder!r} was trained for {meta['task']!r}, which this version does not "
-                               f"know (it knows {', '.join(TASKS)}).")
-    return meta
-
-
-def describe_model(meta: dict) -> str:
-    task = meta.get("task", "segment")
-    if task == "segment":
-        classes = meta.get("classes") or list(range(1, int(meta.get("out_channels", 0)) + 1))
-        text = f"{meta.get('arch')} · classes {classes}"
-    else:
-        text = f"{meta.get('arch')} · {result_kind(task, int(meta.get('factor', 1)))}"
-    finetune = (meta.get("lineage") or {}).get("finetune") or {}
-    if finetune:
-        text += f" · fine-tuned {finetune.get('steps')} steps on {finetune.get('source') or 'an image'}"
-        if finetune.get("completed") is False:
-            text += " (stopped early)"
-    return text
