@@ -46,9 +46,18 @@ class BatchSummary:
                 f"in {self.seconds:.1f} s ({self.megapixels / max(self.seconds, 1e-9):.2f} megapixels/s)")
 
 
+def is_result_name(path: Path) -> bool:
+    """A name this package gives results written beside their inputs (``<stem>_segmentation.tif``, ...)."""
+    stem = _stem(path)
+    return any(stem.endswith(f"_{kind}") for kind in (*RESULT_KINDS.values(), "probabilities"))
+
+
 def expand_inputs(items: Sequence[str | os.PathLike]) -> list[Path]:
     """Files, folders (their images, sorted; zarr folders count as one image) and glob patterns -> image paths.
 
+    Folders and globs leave out results written beside their inputs by an earlier run
+    (``*_segmentation.tif``, ``*_denoised.ome.zarr``, ...), so running the same command again
+    does not apply the model to its own results; a file named explicitly is always taken.
     Raises :class:`InputError` for an item that matches nothing.
     """
     paths: list[Path] = []
@@ -58,13 +67,15 @@ def expand_inputs(items: Sequence[str | os.PathLike]) -> list[Path]:
         if is_zarr_path(p) or p.is_file():
             found = [p]
         elif p.is_dir():
-            found = sorted(c for c in p.iterdir() if (c.is_file() and c.suffix.lower() in IMAGE_SUFFIXES
-                                                      and not c.name.startswith(".")) or is_zarr_path(c))
+            found = sorted(c for c in p.iterdir() if ((c.is_file() and c.suffix.lower() in IMAGE_SUFFIXES
+                                                       and not c.name.startswith(".")) or is_zarr_path(c))
+                           and not is_result_name(c))
             if not found:
                 raise InputError(f"The folder '{text}' holds no TIFF, PNG or JPEG images (nor zarr folders).")
         elif glob.has_magic(text):
             found = sorted(Path(m) for m in glob.glob(text, recursive=True)
-                           if (Path(m).is_file() and not Path(m).name.startswith(".")) or is_zarr_path(m))
+                           if ((Path(m).is_file() and not Path(m).name.startswith(".")) or is_zarr_path(m))
+                           and not is_result_name(Path(m)))
             if not found:
                 raise InputError(f"No image matches '{text}'.")
         else:

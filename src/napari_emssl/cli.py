@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "failing file does not stop the others; the exit code is 1 if any failed.")
     pr.add_argument("--model", required=True, help="model directory")
     pr.add_argument("--input", required=True, nargs="+",
-                    help="TIFF images or stacks, zarr/OME-Zarr folders, folders of images, or globs such as 'scans/*.tif'")
+                    help="TIFF images or stacks, zarr/OME-Zarr folders, folders of images, or globs such as 'scans/*.tif' "
+                         "(folders and globs leave out earlier results such as *_segmentation.tif)")
     pr.add_argument("--out", help="output folder (default: beside each input, as <stem>_segmentation.tif, "
                                   "<stem>_denoised.tif, ...)")
     pr.add_argument("--format", choices=("tif", "zarr"), default="tif", help="tif (default) or zarr (OME-Zarr)")

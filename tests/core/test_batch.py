@@ -155,6 +155,12 @@ def test_inputs_from_folders_and_globs_and_name_collisions(tmp_path):
     assert [o.name for o in outs] == ["a_x.tif", "b_x.tif"]
     beside = output_paths(found, None, "denoise")
     assert beside[0] == tmp_path / "a" / "x_denoised.tif"
+    # results written beside the inputs by an earlier run are not inputs of the next one (unless named)
+    (tmp_path / "a" / "x_segmentation.tif").write_bytes((tmp_path / "a" / "x.tif").read_bytes())
+    (tmp_path / "a" / "x_denoised.ome.zarr").mkdir()
+    (tmp_path / "a" / "x_denoised.ome.zarr" / ".zgroup").write_text("{}")
+    assert expand_inputs([tmp_path / "a"]) == expand_inputs([str(tmp_path / "a" / "x*")]) == [tmp_path / "a" / "x.tif"]
+    assert expand_inputs([tmp_path / "a" / "x_segmentation.tif"]) == [tmp_path / "a" / "x_segmentation.tif"]
     with pytest.raises(InputError, match="does not exist"):
         expand_inputs([tmp_path / "missing.tif"])
     with pytest.raises(InputError, match="No image matches"):
