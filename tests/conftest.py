@@ -105,3 +105,15 @@ def tiny_model():
 def tiny_model_dir(tiny_model, tmp_path_factory):
     """``tiny_model`` saved as a model directory (do not modify it; copy it first)."""
     return tiny_model.save(tmp_path_factory.mktemp("tiny_model"))
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """Refuse every network connection: what runs under it must need no network."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise OSError("network access attempted during the test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)

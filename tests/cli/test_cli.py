@@ -26,6 +26,8 @@ from napari_emssl.engine.model_dir import TrainedModel, load_model
 from napari_emssl.errors import InputError
 from napari_emssl.io import read_image, write_image
 
+from cli_helpers import assert_one_line_error, run  # tests/cli/cli_helpers.py
+
 TINY = ["--arch", "resunet_b2_rf44", "--arch-kwargs", '{"base_channels": 4}', "--patch-size", "32", "--batch-size", "2",
         "--device", "cpu", "--init", "random"]
 SUBPROCESS_ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
@@ -41,21 +43,6 @@ def files(tmp_path, disks):
     stack = np.stack([disks(s)[0] for s in (1, 2, 3)]).astype(np.float32)
     write_image(paths["stack"], stack, scale=(0.05, 0.004, 0.004))
     return {k: str(v) for k, v in paths.items()}
-
-
-def run(capsys, *argv):
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(err: str, *words: str) -> None:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("emssl: error: "), err
-    assert "Traceback" not in err
-    for word in words:
-        assert word in lines[0], (word, err)
 
 
 def python_cli(*argv, timeout=120):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 
 import numpy as np
 import pytest
@@ -14,29 +13,7 @@ from napari_emssl.export.graph import example_input, graph_spec, reference_outpu
 from napari_emssl.export.onnx import run_onnx
 from napari_emssl.io import write_image
 
-
-def run(capsys, *argv):
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(err: str, *words: str) -> None:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("emssl: error: "), err
-    assert "Traceback" not in err
-    for word in words:
-        assert word in lines[0], (word, err)
-
-
-@pytest.fixture
-def offline(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise OSError("network access attempted during the test")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
+from cli_helpers import assert_one_line_error, run  # tests/cli/cli_helpers.py
 
 
 def test_onnx_and_torchscript(tiny_model_dir, tmp_path, capsys):

