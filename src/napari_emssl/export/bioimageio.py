@@ -22,12 +22,10 @@ references a URL, so validation reads local files and never opens a connection.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import string
 import shutil
 import tempfile
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,13 +37,13 @@ from .. import __version__
 from ..engine.model_dir import LOG_NAME, META_NAME, WEIGHTS_NAME, TrainedModel
 from ..errors import EmsslError, InputError
 from .graph import GraphSpec, graph_spec
+from .bioimageio_validate import VALID, first_error, quiet_bioimageio, spec_module, validate_package  # noqa: F401
+from .package_docs import TASK_WORDS, cover, readme
 
 EMSSL_CONFIG_KEY = "napari_emssl"  # config.<this> marks packages made by napari-emssl
 DEFAULT_LICENSE = "CC-BY-4.0"
 DEFAULT_AUTHOR = "napari-emssl user"
 NAME_CHARACTERS = set(string.ascii_letters + string.digits + "_+- ()")
-TASK_WORDS = {"segment": "segmentation", "denoise": "denoising", "bgremove": "background removal",
-              "superres": "super-resolution"}
 TASK_TAGS = {"segment": ["semantic-segmentation", "segmentation"], "denoise": ["denoising", "restoration"],
              "bgremove": ["background-removal", "restoration"], "superres": ["super-resolution", "restoration"]}
 CITATION = {
@@ -74,32 +72,6 @@ class PackageReport:
     status: str  # bioimage.io validation status ("passed")
     weights: tuple[str, ...]
     max_abs_diff: dict[str, float]  # per weights format: max |exported - napari-emssl prediction| on the test input
-
-
-def _spec():
-    try:
-        from bioimageio.spec.model import v0_5
-    except ImportError:
-        raise EmsslError(
-            "bioimage.io export needs the Python package 'bioimageio.spec', which is not installed: "
-            "pip install 'napari-emssl[export]' (or pip install bioimageio.spec)"
-        ) from None
-    return v0_5
-
-
-@contextlib.contextmanager
-def _quiet_bioimageio():
-    """bioimageio.spec logs through loguru: silence it for the duration of a call (and restore it)."""
-    try:
-        from loguru import logger
-    except ImportError:
-        yield
-        return
-    logger.disable("bioimageio")
-    try:
-        yield
-    finally:
-        logger.enable("bioimageio")
 
 
 def default_name(model: TrainedModel) -> str:
@@ -190,109 +162,6 @@ def _normalized(model: TrainedModel, raw: np.ndarray) -> np.ndarray:
     return ((raw - low) / (high - low + 1e-6)).astype(np.float32)[None, None]
 
 
-def _cover(raw_norm: np.ndarray, output: np.ndarray, spec: GraphSpec, path: Path) -> None:
-    """A 2:1 PNG: the test input beside the test output (segmentation: the foreground probability; restoration: the image)."""
-    from PIL import Image
-
-    def grey(a: np.ndarray) -> np.ndarray:
-        lo, hi = np.percentile(a, [0.5, 99.5])
-        return (np.clip((a - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
-
-    left = raw_norm[0, 0]
-    if spec.factor > 1:
-        left = np.kron(left, np.ones((spec.factor, spec.factor), np.float32))
-    if spec.task == "segment":  # the probability of any class but background (label 1), black to white
-        right = (np.clip(1.0 - output[0, 0], 0, 1) * 255).astype(np.uint8)
-    else:
-        right = grey(output[0, 0])
-    both = Image.fromarray(np.concatenate([grey(left), right], axis=1))
-    if both.height < 256:
-        both = both.resize((2 * 256, 256), Image.NEAREST)
-    both.save(path)
-
-
-# ---------------------------------------------------------------------------------------------- README
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, dict):
-        return ", ".join(f"{k}: {_fmt(v)}" for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return ", ".join(_fmt(v) for v in value)
-    return str(value)
-
-
-def readme(model: TrainedModel, name: str, spec: GraphSpec, weights: dict[str, float], test_note: str) -> str:
-    """The package's documentation, generated from ``model.json``."""
-    meta = model.meta
-    task = meta.get("task")
-    norm = meta.get("normalization") or {}
-    lineage = meta.get("lineage") or {}
-    init, finetune = lineage.get("init") or {}, lineage.get("finetune") or {}
-    lines = [f"# {name}", "",
-             f"A {TASK_WORDS.get(task, task)} model for 2D electron-microscopy images, trained with "
-             f"napari-emssl {meta.get('package_version', '?')} "
-             f"(exported by napari-emssl {__version__}).", "", "## What it computes", ""]
-    if task == "segment":
-        classes = meta.get("classes") or list(range(1, spec.out_channels + 1))
-        lines += [f"Input: one greyscale image (batch, channel, y, x). Output: the probabilities of {spec.out_channels} "
-                  "classes (softmax over the channel axis; the graph applies it).", "",
-                  "| output channel | label value | meaning |", "|---|---|---|"]
-        lines += [f"| {i} | {c} | {'background' if c == 1 else f'class {c}'} |" for i, c in enumerate(classes)]
-        lines += ["", "The label image is `argmax(channel) + 1` (napari-emssl's label convention: 1 = background, "
-                  "2, 3, ... = the painted classes)."]
-    elif task == "superres":
-        lines += [f"Input: one greyscale image (batch, channel, y, x). Output: the image at {spec.factor} times the "
-                  "resolution (y and x), in the normalised units of the input. The graph upsamples the input "
-                  "bicubically and adds the network's residual."]
-    else:
-        unit = ("the normalised units of the input" if task == "denoise"
-                else "units of (p_high - p_low) of the input, without offset (0 = no signal)")
-        lines += [f"Input: one greyscale image (batch, channel, y, x). Output: the {TASK_WORDS[task]} result in {unit}."]
-    back = ("" if task == "segment" else " For grey values again, multiply the output by `(p_high - p_low)`"
-            + (" (no offset: background removal)." if task == "bgremove" else " and add `p_low`."))
-    lines += ["", f"Preprocessing: percentile normalisation, `(x - p_low) / (p_high - p_low)` with p_low, p_high the "
-              f"{norm.get('low', 1.0)}th and {norm.get('high', 99.8)}th percentiles of the image (bioimage.io "
-              f"`scale_range`).{back}", "",
-              f"Sizes: y and x must be multiples of {spec.step}" + (f" (exactly {spec.fixed})" if spec.fixed else "")
-              + f"; when tiling, crop {spec.halo} output pixels on each side (the receptive field's reach).", "",
-              "## Network", "",
-              f"- architecture: `{meta.get('arch')}` with options `{json.dumps(meta.get('arch_kwargs', {}))}`",
-              f"- receptive field: {meta.get('receptive_field')} px; size multiple: {meta.get('size_multiple')}",
-              f"- input channels: {meta.get('in_channels', 1)}; output channels: {meta.get('out_channels')}"]
-    if task == "superres":
-        lines.append(f"- scale factor: {spec.factor}")
-    lines += ["", "## Training lineage", ""]
-    start = init.get("init", "unknown")
-    kind = init.get("init_kind")
-    lines.append(f"- start point: {'random weights' if start == 'random' else start}" + (f" ({kind})" if kind else ""))
-    if init.get("pretrain_method"):
-        steps = f", {init['pretrain_steps']} steps" if init.get("pretrain_steps") else ""
-        lines.append(f"- self-supervised pretraining: {init['pretrain_method']}{steps}")
-    if init.get("init_note"):
-        lines.append(f"- note: {init['init_note']}")
-    if finetune:
-        lines.append("- fine-tuning: " + _fmt({k: v for k, v in finetune.items() if v is not None}))
-    if meta.get("seed") is not None:
-        lines.append(f"- seed: {meta['seed']}")
-    metrics = meta.get("metrics") or {}
-    lines += ["", "## Metrics", ""]
-    lines += [f"- {k}: {_fmt(v)}" for k, v in metrics.items()] or ["- none recorded"]
-    lines += ["", "## Use it", "",
-              "- napari-emssl: `emssl predict --model THIS_PACKAGE.zip --input image.tif --out results/` (the model is "
-              "rebuilt from the attached `model.safetensors` + `model.json`; nothing is unpickled).",
-              "- any bioimage.io consumer, with the TorchScript or ONNX weights.", "",
-              "## Validation", "",
-              f"Test input: {test_note}. Test output: napari-emssl's own prediction on it. Largest difference of "
-              "the exported weights to it: " + ", ".join(f"{k} {v:.2g}" for k, v in weights.items()) + ".", ""]
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------- build
-
-
 def _path_is_zip(out: Path) -> bool:
     return out.suffix.lower() == ".zip"
 
@@ -303,7 +172,7 @@ def build_package(model: TrainedModel, out: Path, options: PackageOptions | None
     from .torchscript import run_torchscript, torchscript_bytes
 
     options = options or PackageOptions()
-    v0_5 = _spec()
+    v0_5 = spec_module()
     from bioimageio.spec import save_bioimageio_package, save_bioimageio_package_as_folder
     from bioimageio.spec.common import InvalidDescr
 
@@ -315,7 +184,7 @@ def build_package(model: TrainedModel, out: Path, options: PackageOptions | None
         if "/" in author:
             raise InputError(f"the author name {author!r} contains '/', which bioimage.io does not allow")
 
-    with tempfile.TemporaryDirectory(prefix="emssl-bioimageio-") as tmp_name, _quiet_bioimageio():
+    with tempfile.TemporaryDirectory(prefix="emssl-bioimageio-") as tmp_name, quiet_bioimageio():
         tmp = Path(tmp_name)
         raw, test_note = _test_image(options, spec)
         expected = _our_prediction(model, raw, spec)
@@ -342,7 +211,7 @@ def build_package(model: TrainedModel, out: Path, options: PackageOptions | None
                                  f"on the test image (tolerance {CHECK_TOLERANCE * scale:.3g}); not writing a package")
         np.save(tmp / "test_input.npy", raw[None, None])
         np.save(tmp / "test_output.npy", expected)
-        _cover(x, expected, spec, tmp / "cover.png")
+        cover(x, expected, spec, tmp / "cover.png")
         model_dir = tmp / "emssl_model"
         model.save(model_dir)
         (tmp / "README.md").write_text(readme(model, name, spec, diffs, test_note))
@@ -350,7 +219,7 @@ def build_package(model: TrainedModel, out: Path, options: PackageOptions | None
         try:
             descr = _description(v0_5, model, spec, name, authors, license_id, options.description, files, tmp, model_dir)
         except ValueError as exc:  # pydantic's ValidationError is a ValueError
-            raise EmsslError(f"the bioimage.io description is invalid: {_first_error(exc)}") from None
+            raise EmsslError(f"the bioimage.io description is invalid: {first_error(exc)}") from None
         if isinstance(descr, InvalidDescr):
             raise EmsslError(f"the bioimage.io description is invalid: {descr.validation_summary.format()}")
         if out.exists() and not _path_is_zip(out) and any(out.iterdir()):
@@ -386,67 +255,6 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     else:
         path.unlink()
-
-
-def _first_error(exc: Exception) -> str:
-    errors = getattr(exc, "errors", None)
-    if callable(errors):
-        try:
-            first = errors()[0]
-            return f"{'.'.join(map(str, first.get('loc', ())))}: {first.get('msg')}"
-        except Exception:  # noqa: BLE001 - fall back to the message
-            pass
-    return str(exc).splitlines()[0]
-
-
-def validate_package(path: str | Path, *, run_model: bool = True) -> str:
-    """Validate a package (zip or folder) offline; returns the bioimage.io status.
-
-    ``bioimageio.spec`` checks the description and every file it references (hashes,
-    shapes of the test tensors against the axes): "valid-format" when all of that
-    passes, which is as far as the spec package alone goes. When ``bioimageio.core`` is
-    installed (and ``run_model``), its model test also runs the weights on the test input
-    with the pre- and postprocessing and compares the test output: "passed". Anything
-    else is returned as "failed: <reasons>".
-    """
-    _spec()
-    from bioimageio.spec import load_description
-
-    source = Path(path)
-    if not source.exists():
-        raise InputError(f"{str(source)!r} does not exist")
-    if source.is_dir():
-        source = _rdf_in_folder(source)
-    with _quiet_bioimageio():
-        descr = load_description(source, perform_io_checks=True, format_version="latest")
-        summary = descr.validation_summary
-        if summary.status == "failed" or summary.errors:
-            return "failed: " + ("; ".join(f"{'.'.join(map(str, e.loc))}: {e.msg}" for e in summary.errors) or "invalid")
-        if not run_model:
-            return str(summary.status)
-        try:
-            from bioimageio.core import test_model
-        except Exception:  # noqa: BLE001 - not installed, or not importable next to this bioimageio.spec
-            return str(summary.status)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            tested = test_model(source, devices=["cpu"])
-    if tested.status != "passed":
-        return "failed: " + ("; ".join(f"{'.'.join(map(str, e.loc))}: {e.msg}" for e in tested.errors) or str(tested.status))
-    return "passed"
-
-
-VALID = ("passed", "valid-format")
-
-
-def _rdf_in_folder(folder: Path) -> Path:
-    for candidate in ("rdf.yaml", "bioimageio.yaml"):
-        if (folder / candidate).is_file():
-            return folder / candidate
-    found = sorted(folder.glob("*.bioimageio.yaml"))
-    if not found:
-        raise InputError(f"{str(folder)!r} holds no bioimage.io description (rdf.yaml / bioimageio.yaml)")
-    return found[0]
 
 
 def _description(v0_5, model, spec: GraphSpec, name, authors, license_id, description, files, tmp: Path, model_dir: Path):
