@@ -148,7 +148,7 @@ def run_ours(noisy, args, init="bundled", **_):
     config = FinetuneConfig(task=args.task, init=init, device=args.device, preview_every_s=0, steps=args.steps, seed=args.seed,
                             mask_fraction=args.mask_fraction)
     result = api.finetune(noisy, config=config)
-    out = api.predict(result.model, noisy, PredictConfig(device=args.device))
+    out = api.predict(result.model, noisy, PredictConfig(device=args.device, tta=False))
     extra = {"init": result.model.meta["lineage"]["init"].get("init"), "steps": result.steps,
              "train_seconds": round(result.seconds, 1), "predict_seconds": round(out.seconds, 1)}
     if args.tta:

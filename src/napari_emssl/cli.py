@@ -96,8 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--target", help="restoration: a clean / high-resolution image to score the result against (PSNR, SSIM)")
     pr.add_argument("--keep-dtype", action="store_true",
                     help="restoration: write the input's pixel type (rounded, clipped to its range) instead of float32")
-    pr.add_argument("--tta", action="store_true",
-                    help="restoration: average the predictions of the 8 flips/rotations of each slice (8x slower)")
+    pr.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                    help="restoration: average the predictions of the 8 flips/rotations of each slice (8x slower; "
+                         "default: on for a single image of at most 4096 x 4096 pixels, off for bigger images and stacks)")
     pr.add_argument("--tile", type=int, default=256, help="tile side in pixels (default 256)")
     pr.add_argument("--batch-size", type=int, default=4,
                     help="tiles per batch (default 4; on CUDA chosen from the free GPU memory)")

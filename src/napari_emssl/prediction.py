@@ -146,10 +146,15 @@ class RestorePlanes(_Planes):
             raise ModelFormatError(f"a {self.task} model has one output channel, this one has {model.meta['out_channels']}")
         self.factor = int(model.meta.get("factor", 1)) if self.task == "superres" else 1
         self.fn = forward_fn(model.net, device, amp=config.amp, activation="none")
-        self.views = DIHEDRAL if config.tta else DIHEDRAL[:1]
+        self.views = DIHEDRAL[:1]  # set_shape: all 8 when the config's tta asks for it
         self.stats: NormStats | None = None
         self.dtype = None
         self.clipped = 0
+
+    def set_shape(self, shape: tuple[int, ...]) -> None:
+        from .restoration import DIHEDRAL
+
+        self.views = DIHEDRAL if self.config.uses_tta(shape) else DIHEDRAL[:1]
 
     def specs(self, shape: tuple[int, ...], dtype) -> dict[str, tuple]:
         self.dtype = np.dtype(dtype) if self.config.keep_dtype else np.dtype(np.float32)
@@ -227,13 +232,15 @@ def _apply(model, net, image, shape, config, make_sinks, device, cancel, name) -
     stats = source_stats(image, float(normalization["low"]), float(normalization["high"]))
     if model.task != "segment":
         planes.stats = stats
+        planes.set_shape(shape)
         if _constant(image):
             raise InputError(f"The {name} is constant; there is no structure to restore.")
     indices: list[int | None] = [None] if len(shape) == 2 else list(range(shape[0]))
     per_plane = planes.tiles(shape[-2:])
     total = per_plane * len(indices)
     info = {"task": model.task, "tile": planes.tile, "overlap": planes.overlap, "batch_size": batch, "slices": len(indices),
-            "factor": getattr(planes, "factor", 1), "tta": bool(config.tta)}
+            "factor": getattr(planes, "factor", 1),
+            "tta": model.task != "segment" and len(planes.views) > 1}
     yield RunStarted(kind="predict", total_steps=total, device=str(device), info=info)
     started = time.perf_counter()
     sinks = make_sinks(planes.specs(shape, image.dtype))

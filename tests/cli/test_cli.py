@@ -251,6 +251,12 @@ def test_denoise_and_superres_round_trip(capsys, files, tmp_path):
     result, meta = read_image(tmp_path / "p" / "cells.tif")
     assert result.dtype == np.uint16 and result.shape == (64, 64)
     assert meta.scale == pytest.approx((0.005, 0.004))
+    for flag, folder in (("--tta", "p_tta"), ("--no-tta", "p_plain")):  # default for one 2D image: the 8-view average
+        code, _, err = run(capsys, "predict", "--model", tmp_path / "dn", "--input", files["image"], "--out",
+                           tmp_path / folder, "--device", "cpu", "--keep-dtype", flag)
+        assert code == 0, err
+    np.testing.assert_array_equal(read_image(tmp_path / "p_tta" / "cells.tif")[0], result)
+    assert not np.array_equal(read_image(tmp_path / "p_plain" / "cells.tif")[0], result)
     code, out, err = run(capsys, "finetune", "--task", "superres", "--factor", "2", "--image", files["image"], "--out",
                          tmp_path / "sr", "--steps", "2", *TINY)
     assert code == 0, err

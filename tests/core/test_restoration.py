@@ -229,7 +229,7 @@ def test_dihedral_views_invert_exactly():
 def test_test_time_augmentation_averages_the_eight_views(tiny_config):
     _, image = _clean_and_noisy(seed=7, shape=(48, 64), sigma=5.0)
     model = api.finetune(image, config=tiny_config(task="superres", steps=1, lr=1e-12)).model  # = bicubic: symmetric
-    plain = api.predict(model, image, PredictConfig(device="cpu"))
+    plain = api.predict(model, image, PredictConfig(device="cpu", tta=False))
     events = list(api.iter_predict(model, image, PredictConfig(device="cpu", tta=True)))
     tta = events[-1].result
     assert tta.image.shape == plain.image.shape == (96, 128)
@@ -238,8 +238,27 @@ def test_test_time_augmentation_averages_the_eight_views(tiny_config):
     assert info["tta"] is True and events[0].total_steps == 8 * count_tiles((96, 128), info["tile"], info["overlap"])
     denoiser = api.finetune(image, config=tiny_config(task="denoise", steps=3)).model
     a = api.predict(denoiser, image, PredictConfig(device="cpu", tta=True)).image
-    b = api.predict(denoiser, image, PredictConfig(device="cpu")).image
+    b = api.predict(denoiser, image, PredictConfig(device="cpu", tta=False)).image
     assert a.shape == b.shape and not np.allclose(a, b)  # a real network is not symmetric: the views differ
+
+
+def test_test_time_augmentation_is_automatic_for_single_images_only(tiny_config, monkeypatch):
+    """Default ``tta=None``: the 8-view average for a single image, one view for a stack or a very big image."""
+    from napari_emssl.config import finetune as finetune_config
+
+    _, image = _clean_and_noisy(seed=8, shape=(48, 64), sigma=5.0)
+    denoiser = api.finetune(image, config=tiny_config(task="denoise", steps=2)).model
+    auto = list(api.iter_predict(denoiser, image, PredictConfig(device="cpu")))
+    assert auto[0].info["tta"] is True
+    np.testing.assert_array_equal(auto[-1].result.image, api.predict(denoiser, image, PredictConfig(device="cpu", tta=True)).image)
+    stack = np.stack([image, image[::-1]])
+    assert list(api.iter_predict(denoiser, stack, PredictConfig(device="cpu")))[0].info["tta"] is False
+    assert list(api.iter_predict(denoiser, stack, PredictConfig(device="cpu", tta=True)))[0].info["tta"] is True
+    monkeypatch.setattr(finetune_config, "TTA_AUTO_MAX_PIXELS", image.size - 1)  # a "big" single image
+    assert list(api.iter_predict(denoiser, image, PredictConfig(device="cpu")))[0].info["tta"] is False
+    assert PredictConfig().uses_tta((10, 4096, 4096)) is False and PredictConfig(tta=False).uses_tta((8, 8)) is False
+    with pytest.raises(InputError, match="tta must be"):
+        PredictConfig(tta="yes")
 
 
 def test_mean_replacement_leaves_out_masked_neighbours():

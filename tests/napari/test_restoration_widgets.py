@@ -41,6 +41,10 @@ def test_denoise_in_the_widgets(qtbot, viewer_widgets, notes, wait_idle):
     assert np.allclose(result.scale, SCALE) and np.allclose(result.translate, TRANSLATE)
     assert result.metadata.get("source_file") == "crop.tif"
     assert "Restored 1 of 1 image" in apply.controls.status.text()
+    assert apply.config().tta is None  # automatic: the 8-view average for single images, not for stacks
+    apply.tta.setCurrentIndex(apply.tta.findData(True))
+    assert apply.config().tta is True
+    apply.tta.setCurrentIndex(apply.tta.findData(False))
     apply.keep_dtype.setChecked(True)
     assert apply.start()
     wait_idle(apply)

@@ -8,6 +8,7 @@ through JSON (stored in ``model.json``).
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 import os
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ TASKS = ("segment", "denoise", "bgremove", "superres")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 RESTORATION_TASKS = ("denoise", "bgremove", "superres")
 FACTORS = (2, 4)
+#: test-time augmentation is on by default for inputs of at most this many pixels (one 4096 x 4096 image)
+TTA_AUTO_MAX_PIXELS = 4096 * 4096
 
 
 def _positive_int(name: str, value: Any, *, allow_none: bool = False) -> None:
@@ -140,7 +143,9 @@ class PredictConfig:
     amp: bool = True
     probabilities: bool = False  # also return per-class probabilities (segmentation)
     keep_dtype: bool = False  # restoration: return the input's dtype (rounded, clipped to its range) instead of float32
-    tta: bool = False  # restoration: average the 8 flips/rotations of each slice (8x the prediction time)
+    # restoration: average the 8 flips/rotations of each slice (8x the prediction time); None: on for a single 2D
+    # image of at most TTA_AUTO_MAX_PIXELS pixels (4096 x 4096), off for bigger images and for stacks
+    tta: bool | None = None
     auto_batch: bool = True  # CUDA: tiles per batch from the free GPU memory (batch_size elsewhere); halved on out-of-memory
     compile: bool = False  # CUDA: torch.compile the network (pays off on big stacks)
 
@@ -150,3 +155,14 @@ class PredictConfig:
         _positive_int("batch_size", self.batch_size)
         if self.overlap is not None and (not isinstance(self.overlap, int) or self.overlap < 0):
             raise InputError(f"overlap must be a non-negative whole number, got {self.overlap!r}")
+        if self.tta is not None and not isinstance(self.tta, bool):
+            raise InputError(f"tta must be True, False or None (automatic), got {self.tta!r}")
+
+    def uses_tta(self, shape: tuple[int, ...]) -> bool:
+        """Whether restoring an input of ``shape`` averages the 8 flips/rotations (resolves ``tta=None``)."""
+        if self.tta is not None:
+            return self.tta
+        return len(shape) == 2 and math.prod(int(n) for n in shape) <= TTA_AUTO_MAX_PIXELS
+
+    def replace(self, **changes: Any) -> PredictConfig:
+        return dataclasses.replace(self, **changes)
