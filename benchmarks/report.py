@@ -248,7 +248,10 @@ def _restoration_runs(task: str) -> dict | None:
         return None
     runs = [json.loads(p.read_text()) for p in paths]
     merged = dict(runs[0], rows=[row for r in runs for row in r["rows"]], images={})
-    merged["timing_note"] = next((r["timing_note"] for r in runs if r.get("timing_note")), None)
+    ours = [r for r in runs if any(row["method"] == "ours" for row in r["rows"])]
+    if ours:  # later files replace earlier rows of the same image and method: describe the settings of the last "ours"
+        merged.update({k: ours[-1][k] for k in ("steps", "mask_fraction") if k in ours[-1]})
+    merged["timing_note"] = next((r["timing_note"] for r in reversed(runs) if r.get("timing_note")), None)  # the latest
     for r in runs:
         merged["images"].update(r["images"])
         if "n2v" in r:
@@ -276,12 +279,15 @@ def restoration_section(run: dict) -> list[str]:
                  + (f"; n2v_long: {run['n2v'].get('long_epochs')} epochs, about our wall time"
                     if any(r["method"] == "n2v_long" for r in rows) else "") + "); "
                  f"ours is `emssl finetune --task denoise` with the defaults of the time ({run['steps']} steps, bundled "
-                 f"weights, blind-spot share {run.get('mask_fraction', 0.01):g}) and ours_random the same from random weights."]
+                 f"weights, blind-spot share {run.get('mask_fraction', 0.01):g}) and ours_random the same from random weights; "
+                 "ours_tta is the mean of the 8 flips/rotations, what `emssl predict` and the Apply widget give by default "
+                 "for a single 2D image (ours: one view, the default for stacks)."]
     else:
         title = "## Super-resolution x2 of STEM and SEM images (from the downscaled image alone)"
         intro = ["Each image was area-downscaled by 2; every method restores the full resolution from that alone. Ours is "
                  f"`emssl finetune --task superres` with every default ({run['steps']} steps, bundled weights, pairs made "
-                 "by downscaling the input once more); ours_random is the same self-supervised network without pretraining."]
+                 "by downscaling the input once more); ours_random is the same self-supervised network without pretraining; "
+                 "ours_tta is the mean of the 8 flips/rotations (the default for a single 2D image)."]
     lines = [title, ""] + intro + ["", "PSNR in dB (data range of the clean reference) / SSIM / seconds (training and prediction):", "",
                                    "| image | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
     for image in images:

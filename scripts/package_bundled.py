@@ -6,8 +6,9 @@
 first entry that fits the task and architecture, so put the one that fine-tunes best first
 (measured by ``benchmarks/pretrain_transfer.py``). ``--tasks NAME=TASK,TASK`` limits the
 tasks an entry is used for (default: all), with ``--task-note NAME=TEXT`` saying why: an
-entry that did not beat random initialisation on a task in the benchmark is not used for it. The total size is checked against the
-60 MB the package allows for weights.
+entry that did not beat random initialisation on a task in the benchmark is not used for it. ``--keep-existing``
+keeps the zoo entries of shipped names that have no run in the folder (to add or replace one model). The total
+size is checked against the 60 MB the package allows for weights.
 """
 
 from __future__ import annotations
@@ -115,6 +116,8 @@ def main() -> None:
     parser.add_argument("--ship", nargs="+", required=True, help="run names to bundle, preferred first")
     parser.add_argument("--tasks", action="append", default=[], metavar="NAME=TASK,TASK", help="tasks an entry is used for")
     parser.add_argument("--task-note", action="append", default=[], metavar="NAME=TEXT", help="why an entry skips a task")
+    parser.add_argument("--keep-existing", action="store_true",
+                        help="a --ship name with no run in RUNS keeps its zoo entry and file as they are (card, tasks, note)")
     args = parser.parse_args()
     tasks = {n: [t for t in v.split(",") if t] for n, _, v in (x.partition("=") for x in args.tasks)}
     notes = {n: v for n, _, v in (x.partition("=") for x in args.task_note)}
@@ -124,8 +127,16 @@ def main() -> None:
             parser.error(f"--tasks {name}: not a shipped run, or unknown task(s) {unknown}")
     plan = json.loads((args.runs / "plan.json").read_text())
     entries, total = [], 0
+    existing = {e["name"]: e for e in json.loads((ZOO / "index.json").read_text())} if (ZOO / "index.json").is_file() else {}
     for name in args.ship:
         run = args.runs / name
+        if not run.is_dir() and args.keep_existing and name in existing:
+            entry = dict(existing[name], **({"tasks": tasks[name]} if name in tasks else {}),
+                         **({"task_note": notes[name]} if name in notes else {}))
+            total += (ZOO / entry["file"]).stat().st_size
+            entries.append(entry)
+            print(f"{name}: kept as it is in the zoo")
+            continue
         state = load_file(str(run / "model.safetensors"))
         half = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
         entry = card(name, run, plan, tasks.get(name), notes.get(name))
