@@ -134,12 +134,55 @@ def transfer_section(runs: list[dict]) -> list[str]:
                    if base is not None and name != "random" else "")
                 for name, g in ranked)
             lines.append(f"- {arch}, {steps} steps: {text}")
+    lines += _paired_by_seed(groups)
+    best = []
+    for arch in sorted({a for a, _, _, _ in groups}):
+        small = min(s for a, _, _, s in groups if a == arch)
+        cells = {m: g for (a, i, m, s), g in groups.items() if a == arch and s == small and i != "random"}
+        if cells:
+            name = max(cells, key=lambda m: cells[m]["membrane"] + cells[m]["mitochondria"])
+            best.append(f"{name} for {arch}")
+    if best:
+        lines += ["", f"Best pretext at the smallest budget (the question of which method suits dense EM tasks): {', '.join(best)}. "
+                  "`--init bundled` uses the best pretrained weights of the default U-Net for segmentation."]
     lines += ["", "Seeds per cell are listed in the table. With one seed, small differences are noise: the same",
               "configuration run twice (here and in the sweep below, with 1 instead of 2 CPU threads) differs by",
               "about 0.01-0.02 Dice."]
     commands = sorted({r["command"] for r in runs})
     lines += ["", "Commands:", ""] + [f"    {c}" for c in commands]
     return lines
+
+
+def _paired_by_seed(groups: dict) -> list[str]:
+    """Pretrained minus random, seed by seed (same strokes, same patch sampling), where at least 3 seeds have both."""
+    from scipy.stats import ttest_rel
+
+    out = []
+    for (arch, init, method, steps), g in sorted(groups.items()):
+        base = groups.get((arch, "random", "random", steps)) or next(
+            (v for (a, i, _, s), v in groups.items() if a == arch and i == "random" and s == steps), None)
+        if init == "random" or base is None:
+            continue
+        mine = {r["seed"]: r for r in g["runs"]}
+        theirs = {r["seed"]: r for r in base["runs"]}
+        seeds = sorted(set(mine) & set(theirs))
+        if len(seeds) < 3:
+            continue
+        parts = []
+        for cls in ("membrane", "mitochondria", "mean"):
+            def value(r, cls=cls):
+                return (r["membrane"] + r["mitochondria"]) / 2 if cls == "mean" else r[cls]
+            a = [value(mine[s]) for s in seeds]
+            b = [value(theirs[s]) for s in seeds]
+            diff = [x - y for x, y in zip(a, b)]
+            p = float(ttest_rel(a, b).pvalue)
+            ptext = "< 0.01" if p < 0.01 else f"= {p:.2f}"
+            parts.append(f"{cls} {sum(diff) / len(diff):+.3f} (better in {sum(d > 0 for d in diff)} of {len(diff)} seeds, "
+                         f"paired t-test p {ptext}; per seed " + ", ".join(f"{d:+.3f}" for d in diff) + ")")
+        out.append(f"- {arch}, {method}, {steps} steps, seeds {', '.join(map(str, seeds))}: " + "; ".join(parts))
+    if out:
+        out = ["", "Pretrained minus random, seed by seed (each seed: the same strokes, the same patch sampling):", ""] + out
+    return out
 
 
 def plot_transfer(runs: list[dict]) -> str | None:

@@ -93,7 +93,7 @@ def test_exported_graph_is_what_predict_computes(models, task):
     model = models[task]
     image, _, _ = make_disks(4, shape=(64, 64))
     factor = graph_spec(model).factor
-    result = api.predict(model, image, PredictConfig(device="cpu", tile=64 * factor, overlap=0, amp=False, probabilities=True))
+    result = api.predict(model, image, PredictConfig(device="cpu", tile=64 * factor, overlap=0, amp=False, probabilities=True, tta=False))
     norm, stats = percentile_normalize(image, 1.0, 99.8)
     graph = run_torchscript_bytes(model, norm)
     if task == "segment":

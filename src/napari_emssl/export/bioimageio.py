@@ -140,7 +140,8 @@ def _our_prediction(model: TrainedModel, raw: np.ndarray, spec: GraphSpec) -> np
     from ..data.normalize import percentile_normalize
 
     grid = raw.shape[0] * spec.factor
-    config = PredictConfig(device="cpu", tile=grid, overlap=0, batch_size=1, amp=False, probabilities=True)
+    config = PredictConfig(device="cpu", tile=grid, overlap=0, batch_size=1, amp=False, probabilities=True,
+                           tta=False)  # the exported graph is one view
     training = model.net.training
     try:
         result = api.predict(model, raw, config)
