@@ -8,9 +8,9 @@ from each section's probabilities alone (``none``) or from a weighted mean over 
 section and its neighbours along z (``w=(a, b, a)``: weight ``b`` for the section, ``a`` for
 each neighbour; at the ends of the stack the missing neighbour's weight is left out). Dice
 for membrane and mitochondria is the mean over sections 1-19 (section 0 was painted; its
-prediction is still used as a neighbour of section 1). The stack's sections are 50 nm thick
-and its pixels about 4.6 nm wide, so neighbouring sections differ much more than
-neighbouring pixels. Result: ``benchmarks/results/z_consistency.json``.
+prediction is still used as a neighbour of section 1). The stack's sections are 45-50 nm thick
+and its pixels 4.6 nm wide, so neighbouring sections differ much more than
+neighbouring pixels. Result: ``benchmarks/results/z_consistency_seed<seed>.json``.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--sections", type=int, default=20, help="sections 0..N-1 of the labeled stack")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "z_consistency.json")
+    parser.add_argument("--out", type=Path, help="default: benchmarks/results/z_consistency_seed<seed>.json")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -84,9 +84,10 @@ def main() -> None:
         "command": "python " + " ".join([f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]]),
         "config": config.to_dict(), "test_sections": list(range(1, len(sections))), "rows": rows,
     }
-    args.out.parent.mkdir(exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    out = args.out or HERE / "results" / f"z_consistency_seed{args.seed}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
