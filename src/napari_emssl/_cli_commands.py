@@ -213,7 +213,8 @@ def predict(args) -> int:
     from .engine.model_dir import load_model
 
     config = PredictConfig(device=args.device, tile=args.tile, batch_size=args.batch_size, probabilities=args.probabilities,
-                           keep_dtype=args.keep_dtype, tta=args.tta, compile=args.compile)
+                           keep_dtype=args.keep_dtype, tta=args.tta, compile=args.compile,
+                           z_average=args.z_average)
     resolve_device(config.device)  # a device that is not there fails once, before any input is read
     model = load_model(args.model)
     if args.target:

@@ -115,6 +115,7 @@ class SegmentPlanes(_Planes):
         self.k = int(model.meta["out_channels"])
         self.fn = forward_fn(model.net, device, amp=config.amp)
         self.labels_dtype = probabilities_to_labels(np.zeros((self.k, 1), np.float32)).dtype
+        self._window: tuple[np.ndarray | None, np.ndarray] | None = None  # z_average: (slice before, slice held back)
 
     def specs(self, shape: tuple[int, ...], dtype) -> dict[str, tuple]:
         out = {"labels": (shape, self.labels_dtype, "YX" if len(shape) == 2 else "ZYX")}
@@ -127,7 +128,29 @@ class SegmentPlanes(_Planes):
         return tile_count(plane_shape, self.tile, self.overlap)
 
     def run(self, plane: np.ndarray, cancel):
+        """The outputs of this plane, or with ``z_average`` those of the plane before (None for the first; see flush)."""
         probs = yield from self._tiled(self.fn, plane, self.k, cancel)
+        if not self.config.z_average:
+            return self._outputs(probs)
+        previous, self._window = self._window, (self._window[1] if self._window else None, probs)
+        if previous is None or previous[1] is None:
+            return None
+        return self._outputs(self._z_mean(previous[0], previous[1], probs))
+
+    def flush(self):
+        """With ``z_average``: the outputs of the last plane (its next neighbour does not exist), else None."""
+        window, self._window = self._window, None
+        if not self.config.z_average or window is None or window[1] is None:
+            return None
+        return self._outputs(self._z_mean(window[0], window[1], None))
+
+    def _z_mean(self, before: np.ndarray | None, probs: np.ndarray, after: np.ndarray | None) -> np.ndarray:
+        """The plane's class probabilities averaged with its z neighbours (weight z_average each, renormalised)."""
+        w = float(self.config.z_average)
+        neighbours = [n for n in (before, after) if n is not None]
+        return (probs + w * sum(neighbours)) / (1.0 + w * len(neighbours)) if neighbours else probs
+
+    def _outputs(self, probs: np.ndarray) -> dict[str, np.ndarray]:
         out = {"labels": probabilities_to_labels(probs)}
         if self.config.probabilities:
             out["probabilities"] = probs
@@ -227,6 +250,8 @@ def _apply(model, net, image, shape, config, make_sinks, device, cancel, name) -
     tile, _ = choose_tiling(int(model.meta.get("receptive_field", model.net.receptive_field)), config.tile, multiple, config.overlap)
     batch = auto_batch_size(net, device, tile, amp=config.amp, default=config.batch_size) if config.auto_batch else config.batch_size
     wrapped = TrainedModel(net=net, meta=model.meta) if net is not model.net else model
+    if len(shape) == 2 and config.z_average:
+        config = config.replace(z_average=0.0)  # one image: no neighbours
     planes = SegmentPlanes(wrapped, config, device, batch) if model.task == "segment" else RestorePlanes(wrapped, config, device, batch)
     normalization = model.meta.get("normalization") or NORMALIZATION
     stats = source_stats(image, float(normalization["low"]), float(normalization["high"]))
@@ -240,7 +265,8 @@ def _apply(model, net, image, shape, config, make_sinks, device, cancel, name) -
     total = per_plane * len(indices)
     info = {"task": model.task, "tile": planes.tile, "overlap": planes.overlap, "batch_size": batch, "slices": len(indices),
             "factor": getattr(planes, "factor", 1),
-            "tta": model.task != "segment" and len(planes.views) > 1}
+            "tta": model.task != "segment" and len(planes.views) > 1,
+            "z_average": float(config.z_average) if model.task == "segment" else 0.0}
     yield RunStarted(kind="predict", total_steps=total, device=str(device), info=info)
     started = time.perf_counter()
     sinks = make_sinks(planes.specs(shape, image.dtype))
@@ -261,9 +287,14 @@ def _apply(model, net, image, shape, config, make_sinks, device, cancel, name) -
                     break
                 yield PredictionTile(done=done + plane_done, total=total)
             done += per_plane
+            if outputs is not None:  # None: held back until the next slice is known (z_average)
+                for key, sink in sinks.items():
+                    sink.write(outputs[key])
+            yield PredictionSlice(index=position, count=len(indices))
+        outputs = planes.flush() if hasattr(planes, "flush") else None
+        if outputs is not None:
             for key, sink in sinks.items():
                 sink.write(outputs[key])
-            yield PredictionSlice(index=position, count=len(indices))
     except Cancelled:
         _abort(sinks)
         yield RunCancelled(step=done, seconds=time.perf_counter() - started)

@@ -152,6 +152,17 @@ def test_finetune_then_predict(capsys, files, tmp_path):
     with tifffile.TiffFile(out_dir / "stack_probabilities.tif") as tif:
         assert tif.series[0].axes == "ZCYX"
 
+    code, _, err = run(capsys, "predict", "--model", model, "--input", files["stack"], "--out", tmp_path / "zavg",
+                       "--device", "cpu", "--z-average", "0.25", "--quiet")
+    assert code == 0, err
+    stack, _ = read_image(files["stack"])
+    expected = api.predict(str(model), stack, PredictConfig(device="cpu", z_average=0.25)).labels
+    np.testing.assert_array_equal(read_image(tmp_path / "zavg" / "stack.tif")[0], expected)
+    code, _, err = run(capsys, "predict", "--model", model, "--input", files["stack"], "--out", tmp_path / "zbad",
+                       "--device", "cpu", "--z-average", "2")
+    assert code == 1
+    assert_one_line_error(err, "z_average must be between 0")
+
 
 def test_finetune_from_model_dir(capsys, files, tmp_path, tiny_model_dir):
     """--init DIR without --arch continues the directory's own architecture."""

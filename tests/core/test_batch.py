@@ -81,6 +81,47 @@ def test_streamed_files_equal_the_in_memory_prediction(tiny_model, tmp_path):
     np.testing.assert_allclose(np.moveaxis(probs, 1, 0), expected.probabilities, atol=1e-6)
 
 
+def _z_mean(probs: np.ndarray, w: float) -> np.ndarray:
+    """(K, Z, Y, X) probabilities averaged with their z neighbours, weight w each (renormalised at the ends)."""
+    out = probs.copy()
+    norm = np.ones(probs.shape[1])
+    out[:, 1:] += w * probs[:, :-1]
+    out[:, :-1] += w * probs[:, 1:]
+    norm[1:] += w
+    norm[:-1] += w
+    return out / norm[None, :, None, None]
+
+
+@pytest.mark.parametrize("depth", [1, 2, 4])
+def test_z_average_blends_neighbouring_slices_in_memory_and_streamed(tiny_model, tmp_path, depth):
+    from napari_emssl.tasks.segmentation import probabilities_to_labels
+
+    stack = _stack(11, (depth, 80, 72))
+    plain = api.predict(tiny_model, stack, PredictConfig(device="cpu", tile=64, probabilities=True))
+    expected = _z_mean(plain.probabilities, 0.25)
+    events = list(api.iter_predict(tiny_model, stack, PredictConfig(device="cpu", tile=64, probabilities=True, z_average=0.25)))
+    result = events[-1].result
+    assert events[0].info["z_average"] == 0.25
+    np.testing.assert_allclose(result.probabilities, expected, atol=1e-6)
+    np.testing.assert_array_equal(result.labels, np.stack([probabilities_to_labels(expected[:, z]) for z in range(depth)]))
+    assert sum(isinstance(e, PredictionSlice) for e in events) == depth
+    if depth > 1:
+        assert not np.allclose(result.probabilities, plain.probabilities)
+    path = _write(tmp_path / "vol.tif", stack, "zlib")
+    list(iter_predict_files(tiny_model, [path], tmp_path / "out", PredictConfig(device="cpu", tile=64, z_average=0.25)))
+    np.testing.assert_array_equal(read_image(tmp_path / "out" / "vol.tif")[0].reshape(result.labels.shape), result.labels)
+
+
+def test_z_average_leaves_single_images_alone_and_refuses_bad_weights(tiny_model):
+    image = _stack(12, (80, 72))
+    a = api.predict(tiny_model, image, PredictConfig(device="cpu", tile=64, probabilities=True))
+    b = api.predict(tiny_model, image, PredictConfig(device="cpu", tile=64, probabilities=True, z_average=0.5))
+    np.testing.assert_array_equal(a.probabilities, b.probabilities)
+    for bad in (-0.1, 1.5, float("nan"), "x"):
+        with pytest.raises(InputError, match="z_average"):
+            PredictConfig(z_average=bad)
+
+
 def test_zarr_output_round_trip(tiny_model, tmp_path):
     stack = _stack(2)
     path = _write(tmp_path / "vol.tif", stack)

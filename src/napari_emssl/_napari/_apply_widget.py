@@ -63,6 +63,7 @@ from ._worker import Failure, RunBridge, StopsRunOnClose, report_failure, show_e
 SOURCES = (("model just trained (Fine-tune widget)", "trained"), ("model folder", "folder"))
 MODES = (("image layers", "layers"), ("files: a folder or glob", "files"))
 DEFAULT_RESULTS = Path.home() / ".napari-emssl" / "results"
+Z_AVERAGE = 0.25  # "smooth along z": neighbour weights 1:4:1 (docs/benchmarks.md, z-consistency)
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,9 @@ class ApplyWidget(StopsRunOnClose, QWidget):
         self.files = FilesPanel(self)
         self.mode_combo.currentIndexChanged.connect(lambda _: self._show_mode())
         self.probabilities = QCheckBox("also add class probabilities", self)
+        self.z_average = QCheckBox("smooth along z (segmentation of a volume)", self)
+        self.z_average.setToolTip("Average each slice's class probabilities with its two neighbours (weights 1:4:1); "
+                                  "for slices of one volume in order, not for stacks of unrelated images")
         self.keep_dtype = QCheckBox("keep the image's pixel type (restoration)", self)
         self.keep_dtype.setToolTip("Round and clip restored values to the source's integer range instead of float32")
         self.tta = QComboBox(self)
@@ -139,6 +143,7 @@ class ApplyWidget(StopsRunOnClose, QWidget):
         form.addRow("Images", self.images_row)
         self.files.add_to(form)
         form.addRow("", self.probabilities)
+        form.addRow("", self.z_average)
         form.addRow("", self.keep_dtype)
         form.addRow("Average flips", self.tta)
         form.addRow("Score against", self.target_combo)
@@ -196,7 +201,8 @@ class ApplyWidget(StopsRunOnClose, QWidget):
 
     def config(self) -> PredictConfig:
         values: dict[str, Any] = dict(device=self.device_combo.currentText(), probabilities=self.probabilities.isChecked(),
-                                      keep_dtype=self.keep_dtype.isChecked(), tta=self.tta.currentData())
+                                      keep_dtype=self.keep_dtype.isChecked(), tta=self.tta.currentData(),
+                                      z_average=Z_AVERAGE if self.z_average.isChecked() else 0.0)
         values.update(self.config_overrides)
         return PredictConfig(**values)
 

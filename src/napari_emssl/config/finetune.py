@@ -146,6 +146,9 @@ class PredictConfig:
     # restoration: average the 8 flips/rotations of each slice (8x the prediction time); None: on for a single 2D
     # image of at most TTA_AUTO_MAX_PIXELS pixels (4096 x 4096), off for bigger images and for stacks
     tta: bool | None = None
+    # segmentation of stacks: average each slice's class probabilities with its two z neighbours, each weighted
+    # z_average relative to the slice (0: off; 0.25 = weights 1:4:1). Only for slices of one volume, in order.
+    z_average: float = 0.0
     auto_batch: bool = True  # CUDA: tiles per batch from the free GPU memory (batch_size elsewhere); halved on out-of-memory
     compile: bool = False  # CUDA: torch.compile the network (pays off on big stacks)
 
@@ -155,6 +158,9 @@ class PredictConfig:
         _positive_int("batch_size", self.batch_size)
         if self.overlap is not None and (not isinstance(self.overlap, int) or self.overlap < 0):
             raise InputError(f"overlap must be a non-negative whole number, got {self.overlap!r}")
+        _number("z_average", self.z_average)
+        if not 0.0 <= self.z_average <= 1.0:
+            raise InputError(f"z_average must be between 0 (off) and 1 (plain mean of three slices), got {self.z_average}")
         if self.tta is not None and not isinstance(self.tta, bool):
             raise InputError(f"tta must be True, False or None (automatic), got {self.tta!r}")
 
