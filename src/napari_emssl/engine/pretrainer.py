@@ -38,7 +38,7 @@ from . import distributed
 from .cancel import CancelToken
 from .checkpoint import Checkpoint, restore_checkpoint, save_checkpoint, write_pretrained
 from .device import autocast, is_out_of_memory, release, release_device_memory
-from .distributed import DistContext
+from .distributed import DistContext, EpochSampler  # noqa: F401 - EpochSampler: re-exported
 from .events import Checkpointed, Event, Preview, StepEnd
 from .trainer import warmup_cosine
 
@@ -62,41 +62,6 @@ class PretrainState:
     seconds_total: float = 0.0  # including the runs this one resumed
     images_per_s: float = 0.0
     model_dir: str | None = None
-
-
-class EpochSampler(torch.utils.data.Sampler[int]):
-    """Indices for the rest of the run, epoch after epoch, starting ``skip`` samples into ``start_epoch``.
-
-    Index ``e * n + i`` stands for item ``i`` of epoch ``e`` (``UnlabeledPatches`` decodes it),
-    so one DataLoader (and its workers) serves the whole run. With DDP each epoch's items
-    come from a ``DistributedSampler`` (``set_epoch`` every epoch).
-    """
-
-    def __init__(self, n: int, start_epoch: int, skip: int, total: int, ctx: DistContext) -> None:
-        self.n, self.start_epoch, self.skip, self.total, self.ctx = n, start_epoch, skip, total, ctx
-        self._dist = None
-        if ctx.enabled:
-            self._dist = torch.utils.data.DistributedSampler(
-                range(n), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=False, drop_last=True)
-
-    def _epoch_items(self, epoch: int) -> list[int]:
-        if self._dist is None:
-            return list(range(self.n))
-        self._dist.set_epoch(epoch)
-        return list(self._dist)
-
-    def __iter__(self):
-        epoch, skip, left = self.start_epoch, self.skip, self.total
-        while left > 0:
-            for i in self._epoch_items(epoch)[skip:]:
-                yield epoch * self.n + i
-                left -= 1
-                if left == 0:
-                    return
-            epoch, skip = epoch + 1, 0
-
-    def __len__(self) -> int:
-        return self.total
 
 
 def make_optimisers(pretext: torch.nn.Module, lr: float | None, total_steps: int):
