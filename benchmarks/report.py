@@ -153,14 +153,18 @@ def transfer_section(runs: list[dict]) -> list[str]:
     return lines
 
 
+def _dice(run: dict, cls: str) -> float:
+    """A run's Dice for ``cls``, or the mean of membrane and mitochondria for ``"mean"``."""
+    return (run["membrane"] + run["mitochondria"]) / 2 if cls == "mean" else run[cls]
+
+
 def _paired_by_seed(groups: dict) -> list[str]:
     """Pretrained minus random, seed by seed (same strokes, same patch sampling), where at least 3 seeds have both."""
     from scipy.stats import ttest_rel
 
     out = []
     for (arch, init, method, steps), g in sorted(groups.items()):
-        base = groups.get((arch, "random", "random", steps)) or next(
-            (v for (a, i, _, s), v in groups.items() if a == arch and i == "random" and s == steps), None)
+        base = next((v for (a, i, _, s), v in groups.items() if a == arch and i == "random" and s == steps), None)
         if init == "random" or base is None:
             continue
         mine = {r["seed"]: r for r in g["runs"]}
@@ -170,10 +174,8 @@ def _paired_by_seed(groups: dict) -> list[str]:
             continue
         parts = []
         for cls in ("membrane", "mitochondria", "mean"):
-            def value(r, cls=cls):
-                return (r["membrane"] + r["mitochondria"]) / 2 if cls == "mean" else r[cls]
-            a = [value(mine[s]) for s in seeds]
-            b = [value(theirs[s]) for s in seeds]
+            a = [_dice(mine[s], cls) for s in seeds]
+            b = [_dice(theirs[s], cls) for s in seeds]
             diff = [x - y for x, y in zip(a, b)]
             p = float(ttest_rel(a, b).pvalue)
             ptext = "< 0.01" if p < 0.01 else f"= {p:.2f}"

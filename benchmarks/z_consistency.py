@@ -6,7 +6,8 @@ The network of ``segmentation_strokes.py`` (package defaults, strokes on section
 class probabilities for every section 0-19 of the labeled stack; the labels are then taken
 from each section's probabilities alone (``none``) or from a weighted mean over the
 section and its neighbours along z (``w=(a, b, a)``: weight ``b`` for the section, ``a`` for
-each neighbour; at the ends of the stack the missing neighbour's weight is left out). Dice
+each neighbour; at the ends of the stack the missing neighbour's weight is left out; the
+package's ``z_neighbour_mean``, what ``emssl predict --z-average a/b`` applies). Dice
 for membrane and mitochondria is the mean over sections 1-19 (section 0 was painted; its
 prediction is still used as a neighbour of section 1). The stack's sections are 45-50 nm thick
 and its pixels 4.6 nm wide, so neighbouring sections differ much more than
@@ -34,21 +35,16 @@ from sstem import CLASS_NAMES, MEMBRANE, MITO, load_section  # noqa: E402
 from napari_emssl import __version__, api  # noqa: E402
 from napari_emssl.config import FinetuneConfig, PredictConfig  # noqa: E402
 from napari_emssl.data.strokes import simulate_strokes  # noqa: E402
-from napari_emssl.tasks.segmentation import dice_per_class, probabilities_to_labels  # noqa: E402
+from napari_emssl.tasks.segmentation import dice_per_class, probabilities_to_labels, z_neighbour_mean  # noqa: E402
 
-WINDOWS = {"none": (0.0, 1.0), "w=(1,4,1)": (1.0, 4.0), "w=(1,2,1)": (1.0, 2.0), "w=(1,1,1)": (1.0, 1.0)}
+WINDOWS = {"none": 0.0, "w=(1,4,1)": 0.25, "w=(1,2,1)": 0.5, "w=(1,1,1)": 1.0}  # neighbour weight, the slice's is 1
 
 
-def smooth_z(probs: np.ndarray, side: float, centre: float) -> np.ndarray:
-    """``(Z, C, Y, X)`` probabilities averaged with their z neighbours (weights side, centre, side; renormalised at the ends)."""
-    out = centre * probs.copy()
-    norm = np.full(probs.shape[0], centre)
-    if side:
-        out[1:] += side * probs[:-1]
-        out[:-1] += side * probs[1:]
-        norm[1:] += side
-        norm[:-1] += side
-    return out / norm[:, None, None, None]
+def smooth_z(probs: np.ndarray, weight: float) -> np.ndarray:
+    """``(Z, C, Y, X)`` probabilities, each slice averaged with its z neighbours by the package's own rule."""
+    depth = probs.shape[0]
+    return np.stack([z_neighbour_mean(probs[z], probs[z - 1] if z else None, probs[z + 1] if z + 1 < depth else None, weight)
+                     for z in range(depth)])
 
 
 def main() -> None:
@@ -72,8 +68,8 @@ def main() -> None:
     probs = api.predict(model, stack, PredictConfig(device=config.device, probabilities=True)).probabilities
     probs = np.moveaxis(np.asarray(probs, np.float32), 0, 1)  # api: (K, Z, Y, X) -> (Z, K, Y, X)
     rows = []
-    for name, (side, centre) in WINDOWS.items():
-        labels = np.stack([probabilities_to_labels(p) for p in smooth_z(probs, side, centre)])
+    for name, weight in WINDOWS.items():
+        labels = np.stack([probabilities_to_labels(p) for p in smooth_z(probs, weight)])
         per = [dice_per_class(labels[z], sections[z][1], [MEMBRANE, MITO]) for z in range(1, len(sections))]
         row = {"window": name, **{CLASS_NAMES[c]: float(np.mean([d[c] for d in per])) for c in (MEMBRANE, MITO)}}
         rows.append(row)

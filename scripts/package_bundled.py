@@ -131,8 +131,11 @@ def main() -> None:
     for name in args.ship:
         run = args.runs / name
         if not run.is_dir() and args.keep_existing and name in existing:
-            entry = dict(existing[name], **({"tasks": tasks[name]} if name in tasks else {}),
-                         **({"task_note": notes[name]} if name in notes else {}))
+            entry = dict(existing[name])
+            if name in tasks:
+                entry["tasks"] = tasks[name]
+            if name in notes:
+                entry["task_note"] = notes[name]
             total += (ZOO / entry["file"]).stat().st_size
             entries.append(entry)
             print(f"{name}: kept as it is in the zoo")

@@ -31,7 +31,7 @@ from .engine.model_dir import TrainedModel
 from .engine.device import release_device_memory, resolve_device
 from .engine.predictor import auto_batch_size, choose_tiling, forward_fn
 from .errors import InputError, ModelFormatError
-from .tasks.segmentation import probabilities_to_labels
+from .tasks.segmentation import probabilities_to_labels, z_neighbour_mean
 
 NORMALIZATION = {"method": "percentile", "low": 1.0, "high": 99.8}
 RESTORATION_TASKS = ("denoise", "bgremove", "superres")
@@ -145,10 +145,7 @@ class SegmentPlanes(_Planes):
         return self._outputs(self._z_mean(window[0], window[1], None))
 
     def _z_mean(self, before: np.ndarray | None, probs: np.ndarray, after: np.ndarray | None) -> np.ndarray:
-        """The plane's class probabilities averaged with its z neighbours (weight z_average each, renormalised)."""
-        w = float(self.config.z_average)
-        neighbours = [n for n in (before, after) if n is not None]
-        return (probs + w * sum(neighbours)) / (1.0 + w * len(neighbours)) if neighbours else probs
+        return z_neighbour_mean(probs, before, after, float(self.config.z_average))
 
     def _outputs(self, probs: np.ndarray) -> dict[str, np.ndarray]:
         out = {"labels": probabilities_to_labels(probs)}

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_emssl.data import IGNORE_INDEX
-from napari_emssl.data.validate import _as_int_labels, _blocks
-from napari_emssl.errors import InputError
+from . import IGNORE_INDEX
+from .validate import _as_int_labels, _blocks
+from ..errors import InputError
 
 __all__ = ["IGNORE_INDEX", "MAX_CLASSES", "painted_classes", "class_counts", "sparse_targets", "painted_slices", "check_trainable"]
 

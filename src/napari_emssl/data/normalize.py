@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from napari_emssl.errors import InputError
+from ..errors import InputError
 
 __all__ = ["NormStats", "percentile_normalize", "subsample"]
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_emssl.data import IGNORE_INDEX
-from napari_emssl.data.augment import augment_pair
-from napari_emssl.errors import InputError
+from . import IGNORE_INDEX
+from .augment import augment_pair
+from ..errors import InputError
 
 __all__ = ["PatchSampler"]
 

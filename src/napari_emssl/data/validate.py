@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_emssl.errors import InputError
+from ..errors import InputError
 
 __all__ = ["check_image", "check_float32_range", "check_labels", "count_nonfinite", "is_constant"]
 

@@ -1,5 +1,5 @@
 """Reading and writing image files (no napari/Qt here)."""
 
-from napari_emssl.io.tiff import ImageMeta, read_image, write_image
+from .tiff import ImageMeta, read_image, write_image
 
 __all__ = ["ImageMeta", "read_image", "write_image"]

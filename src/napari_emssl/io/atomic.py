@@ -10,7 +10,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from napari_emssl.errors import InputError
+from ..errors import InputError
 
 __all__ = ["fsync", "temporary_file"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_emssl.errors import InputError
+from ..errors import InputError
 
 
 def channels_equal(array: np.ndarray, axis: int, lossy: bool) -> bool:

@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from napari_emssl.errors import InputError
-from napari_emssl.io.pixel_size import tiff_scale, unit_factor
-from napari_emssl.io.tiff import _TIFF_MAGIC, ImageMeta, check_claimed_size, read_image
-from napari_emssl.io.tiff_integrity import check_complete
+from ..errors import InputError
+from .pixel_size import tiff_scale, unit_factor
+from .tiff import _TIFF_MAGIC, ImageMeta, check_claimed_size, read_image
+from .tiff_integrity import check_complete
 
 __all__ = ["LazyArray", "open_lazy", "is_zarr_path", "ome_zarr_attrs"]
 

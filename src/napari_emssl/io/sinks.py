@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from napari_emssl.errors import InputError
-from napari_emssl.io.atomic import fsync, make_folder, temporary_file
-from napari_emssl.io.tiff import COMPRESSIONS, tiff_write_kwargs
+from ..errors import InputError
+from .atomic import fsync, make_folder, temporary_file
+from .tiff import COMPRESSIONS, tiff_write_kwargs
 
 __all__ = ["ArraySink", "TiffSink", "ZarrSink", "open_sink", "SINK_FORMATS", "output_suffix"]
 

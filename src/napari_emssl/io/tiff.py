@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_emssl.errors import InputError
-from napari_emssl.io.atomic import temporary_file
-from napari_emssl.io.greyscale import to_greyscale
-from napari_emssl.io.pixel_size import final_scale, tiff_scale
-from napari_emssl.io.tiff_integrity import check_complete
+from ..errors import InputError
+from .atomic import temporary_file
+from .greyscale import to_greyscale
+from .pixel_size import final_scale, tiff_scale
+from .tiff_integrity import check_complete
 
 __all__ = ["ImageMeta", "read_image", "write_image", "tiff_write_kwargs", "COMPRESSIONS"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_emssl.errors import InputError
+from ..errors import InputError
 
 _TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8, 17: 8, 18: 8}
 

@@ -71,3 +71,15 @@ def probabilities_to_labels(probs: np.ndarray) -> np.ndarray:
     k = probs.shape[0]
     dtype = np.uint8 if k < 256 else np.uint16
     return (np.argmax(probs, axis=0) + 1).astype(dtype)
+
+
+def z_neighbour_mean(probs: np.ndarray, before: np.ndarray | None, after: np.ndarray | None, weight: float) -> np.ndarray:
+    """One slice's class probabilities averaged with those of its z neighbours, each weighted ``weight``.
+
+    Missing neighbours (the ends of a stack) are left out and the weights renormalised, so
+    the result stays a probability distribution. ``weight=0.25`` is the 1:4:1 window.
+    """
+    neighbours = [n for n in (before, after) if n is not None]
+    if not neighbours or not weight:
+        return probs
+    return (probs + weight * sum(neighbours)) / (1.0 + weight * len(neighbours))
