@@ -299,6 +299,7 @@ def _restoration_runs(task: str) -> dict | None:
     merged["timing_note"] = next((r["timing_note"] for r in reversed(runs) if r.get("timing_note")), None)  # the latest
     for r in runs:
         merged["images"].update(r["images"])
+        merged.setdefault("noise_bound", {}).update(r.get("noise_bound", {}))
         if "n2v" in r:
             merged["n2v"] = {**r["n2v"], **merged.get("n2v", {})} if "long_epochs" not in r["n2v"] else \
                 {**merged.get("n2v", {}), "long_epochs": r["n2v"]["long_epochs"]}
@@ -353,6 +354,15 @@ def restoration_section(run: dict) -> list[str]:
             mean = sum(m[1] for m in margins) / len(margins)
             per = ", ".join(f"{i} {d:+.2f} dB vs {b}" for i, d, b in margins)
             lines += ["", f"Measured: {variant} minus the best baseline per image: {per}; mean {mean:+.2f} dB."]
+    if run.get("noise_bound"):
+        bound = run["noise_bound"]
+        lines += ["", "How much is there to gain: the references are recorded images with their own shot noise, and the "
+                  "part of it that area downscaling averages away (3/4 of its energy at x2) cannot be predicted by any "
+                  "method. Its standard deviation, estimated from the diagonal 2 x 2 details (median absolute deviation), "
+                  "bounds the PSNR (optimistically: lost signal detail is not counted): "
+                  + ", ".join(f"{i} {bound[i]['psnr_bound']:.2f} dB" + (f" (bicubic {cell[(i, 'bicubic')]['psnr']:.2f})"
+                                                                        if (i, "bicubic") in cell else "")
+                              for i in images if i in bound) + "."]
     pre = [(i, cell[(i, "ours")]["psnr"] - cell[(i, "ours_random")]["psnr"]) for i in images
            if (i, "ours") in cell and (i, "ours_random") in cell]
     if pre:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import FinetuneConfig
+from .config import FinetuneConfig, PredictConfig
 from .data.normalize import NormStats, percentile_normalize
 from .data.patches import PatchSampler
 from .data.validate import check_image, is_constant
@@ -229,7 +229,11 @@ def iter_finetune_restoration(
     yield from _train_events(net, loss_fn, config, total_steps, device, cancel, preview_fn, state)
     metrics: dict[str, Any] = {}
     if target is not None and not state.cancelled:
-        metrics = _target_metrics(restore_plane, image, target, norm, stats, task, factor)
+        # scored as Apply will give it by default: the 8-view average for a single 2D image, one view for a stack
+        views = DIHEDRAL if PredictConfig().uses_tta(image.shape) else DIHEDRAL[:1]
+        metrics = _target_metrics(lambda plane: restore_views(restore_plane, plane, views), image, target, norm, stats,
+                                  task, factor)
+        metrics["views"] = len(views)
     meta = build_meta(
         net, task=task, out_channels=1, factor=factor, normalization=dict(NORMALIZATION), tile=tile, overlap=overlap,
         seed=config.seed, config=config.to_dict(),
@@ -288,6 +292,15 @@ def _dihedral_inverse(plane: np.ndarray, k: int, flip: bool) -> np.ndarray:
 def _view_shape(shape: tuple[int, ...], k: int) -> tuple[int, ...]:
     return tuple(shape[:-2]) + ((shape[-1], shape[-2]) if k % 2 else (shape[-2], shape[-1]))
 
+
+
+def restore_views(restore_plane, plane: np.ndarray, views=DIHEDRAL) -> np.ndarray:
+    """Mean of ``restore_plane`` over the flips/rotations ``views`` of ``plane``, each turned back."""
+    acc = None
+    for k, flip in views:
+        out = _dihedral_inverse(restore_plane(_dihedral(plane, k, flip)), k, flip)
+        acc = out if acc is None else acc + out
+    return acc / len(views)
 
 
 def _network_input(plane: np.ndarray, fn, task: str, factor: int):

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 from napari.layers import Image
-from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QComboBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from .. import api
 from ..batch import iter_predict_files, iter_predict_to_zarr
@@ -46,6 +46,7 @@ from ..engine.model_dir import TrainedModel, load_model
 from ..errors import EmsslError, InputError
 from ..prediction import check_source
 from ._apply_files import FilesPanel, file_progress_text, summary_text
+from ._apply_options import PredictOptions
 from ._apply_results import show_result, show_streamed
 from ._model_info import describe_model, read_model_meta
 from ._controls import FolderEdit, LayerCombo, LayerList, RunControls, device_combo, format_seconds
@@ -63,7 +64,6 @@ from ._worker import Failure, RunBridge, StopsRunOnClose, report_failure, show_e
 SOURCES = (("model just trained (Fine-tune widget)", "trained"), ("model folder", "folder"))
 MODES = (("image layers", "layers"), ("files: a folder or glob", "files"))
 DEFAULT_RESULTS = Path.home() / ".napari-emssl" / "results"
-Z_AVERAGE = 0.25  # "smooth along z": neighbour weights 1:4:1 (docs/benchmarks.md, z-consistency)
 
 
 @dataclass(frozen=True)
@@ -120,17 +120,9 @@ class ApplyWidget(StopsRunOnClose, QWidget):
         images_layout.addWidget(self.all_button)
         self.files = FilesPanel(self)
         self.mode_combo.currentIndexChanged.connect(lambda _: self._show_mode())
-        self.probabilities = QCheckBox("also add class probabilities", self)
-        self.z_average = QCheckBox("smooth along z (segmentation of a volume)", self)
-        self.z_average.setToolTip("Average each slice's class probabilities with its two neighbours (weights 1:4:1); "
-                                  "for slices of one volume in order, not for stacks of unrelated images")
-        self.keep_dtype = QCheckBox("keep the image's pixel type (restoration)", self)
-        self.keep_dtype.setToolTip("Round and clip restored values to the source's integer range instead of float32")
-        self.tta = QComboBox(self)
-        for text, value in (("auto: single images up to 4096 x 4096", None), ("on", True), ("off", False)):
-            self.tta.addItem(text, value)
-        self.tta.setToolTip("Restoration: average the 8 flips/rotations of each slice. Cleaner (0.4-1 dB on the benchmark "
-                            "images) at eight times the prediction time; automatic: on for single images, off for stacks")
+        self.options = PredictOptions(self)
+        self.probabilities, self.z_average = self.options.probabilities, self.options.z_average
+        self.keep_dtype, self.tta = self.options.keep_dtype, self.options.tta
         self.target_combo = LayerCombo(self.viewer, Image, self, none_text="none")
         self.target_combo.setToolTip("Restoration: a clean or high-resolution image of the one chosen source, "
                                      "to score the result against (PSNR, SSIM)")
@@ -142,10 +134,7 @@ class ApplyWidget(StopsRunOnClose, QWidget):
         form.addRow("Apply to", self.mode_combo)
         form.addRow("Images", self.images_row)
         self.files.add_to(form)
-        form.addRow("", self.probabilities)
-        form.addRow("", self.z_average)
-        form.addRow("", self.keep_dtype)
-        form.addRow("Average flips", self.tta)
+        self.options.add_to(form)
         form.addRow("Score against", self.target_combo)
         form.addRow("Device", self.device_combo)
         self.controls = RunControls("Apply", self)
@@ -166,8 +155,7 @@ class ApplyWidget(StopsRunOnClose, QWidget):
         self._form.setRowVisible(self.images_row, not files)
         self.files.set_visible(self._form, files)
         self.target_combo.setEnabled(not files)
-        self.probabilities.setText("also write class probabilities (<name>_probabilities.tif)" if files
-                                   else "also add class probabilities")
+        self.options.show_files_mode(files)
 
     # ------------------------------------------------------------------ the model
 
@@ -200,9 +188,7 @@ class ApplyWidget(StopsRunOnClose, QWidget):
     # ------------------------------------------------------------------ actions
 
     def config(self) -> PredictConfig:
-        values: dict[str, Any] = dict(device=self.device_combo.currentText(), probabilities=self.probabilities.isChecked(),
-                                      keep_dtype=self.keep_dtype.isChecked(), tta=self.tta.currentData(),
-                                      z_average=Z_AVERAGE if self.z_average.isChecked() else 0.0)
+        values: dict[str, Any] = dict(device=self.device_combo.currentText(), **self.options.values())
         values.update(self.config_overrides)
         return PredictConfig(**values)
 
