@@ -10,7 +10,9 @@ from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QComboBox,
+    QDoubleSpinBox,
     QFileDialog,
+    QFormLayout,
     QHBoxLayout,
     QLabel,
     QLineEdit,
@@ -22,6 +24,7 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+from superqt import QCollapsible
 
 from ..config.finetune import DEVICES
 
@@ -214,6 +217,25 @@ def spin_box(box, low, high, value, step=None, decimals=None):
         box.setSingleStep(step)
     box.setValue(value)
     return box
+
+
+def preview_spin_box(parent: QWidget, default: float) -> QDoubleSpinBox:
+    """Seconds between preview refreshes while training (0: none)."""
+    box = spin_box(QDoubleSpinBox(parent), 0.0, 3600.0, default)
+    box.setSuffix(" s")
+    box.setToolTip("How often the preview layer is refreshed while training (0: no preview)")
+    return box
+
+
+def advanced_section(parent: QWidget, rows: list[tuple[str, QWidget]]) -> QCollapsible:
+    """A folded "Advanced" section holding ``(label, widget)`` form rows."""
+    section = QCollapsible("Advanced", parent)
+    inner = QWidget()
+    form = QFormLayout(inner)
+    for label, widget in rows:
+        form.addRow(label, widget)
+    section.addWidget(inner)
+    return section
 
 
 def device_combo(parent: QWidget | None = None) -> QComboBox:

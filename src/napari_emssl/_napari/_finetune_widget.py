@@ -32,7 +32,6 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
-from superqt import QCollapsible
 
 from .. import api, zoo
 from ..config import FinetuneConfig
@@ -40,14 +39,22 @@ from ..data.labels import check_trainable
 from ..data.validate import check_image, check_labels
 from ..engine.events import Preview, RunCancelled, RunFinished, RunStarted, StepEnd
 from ..engine.model_dir import TrainedModel
-from ..errors import EmsslError, InputError
+from ..errors import InputError
 from ..models import DEFAULT_SEGMENT_ARCH, list_models
-from ._controls import FolderEdit, LayerCombo, RunControls, device_combo, format_seconds, spin_box
+from ._controls import (
+    FolderEdit,
+    LayerCombo,
+    RunControls,
+    advanced_section,
+    device_combo,
+    format_seconds,
+    preview_spin_box,
+    spin_box,
+)
 from ._export_button import ExportButton
 from ._layers import (
     class_colormap,
     current_slice,
-    docked_widgets,
     result_name,
     snapshot_image,
     snapshot_labels,
@@ -66,6 +73,7 @@ class FinetuneWidget(ChoosesInit, EndsTrainingRun, StopsRunOnClose, QWidget):
     """Fine-tune a network: segmentation on painted labels (0 unpainted, 1 background, 2.. classes) or restoration."""
 
     run_noun = "fine-tuning"
+    kept_on_stop = "the model trained so far is kept"
 
     model_trained = Signal(object)  # the TrainedModel, once a run has finished or was stopped
 
@@ -128,17 +136,9 @@ class FinetuneWidget(ChoosesInit, EndsTrainingRun, StopsRunOnClose, QWidget):
         self.batch_spin = spin_box(QSpinBox(self), 1, 512, defaults.batch_size)
         self.patch_spin = spin_box(QSpinBox(self), 16, 4096, defaults.patch_size, step=16)
         self.lr_spin = spin_box(QDoubleSpinBox(self), 1e-5, 0.5, defaults.lr, step=1e-4, decimals=5)
-        self.preview_spin = spin_box(QDoubleSpinBox(self), 0.0, 3600.0, defaults.preview_every_s)
-        self.preview_spin.setSuffix(" s")
-        self.preview_spin.setToolTip("How often the preview layer is refreshed while training (0: no preview)")
-        advanced = QCollapsible("Advanced", self)
-        inner = QWidget()
-        form2 = QFormLayout(inner)
-        form2.addRow("Batch size", self.batch_spin)
-        form2.addRow("Patch size", self.patch_spin)
-        form2.addRow("Learning rate", self.lr_spin)
-        form2.addRow("Preview every", self.preview_spin)
-        advanced.addWidget(inner)
+        self.preview_spin = preview_spin_box(self, defaults.preview_every_s)
+        advanced = advanced_section(self, [("Batch size", self.batch_spin), ("Patch size", self.patch_spin),
+                                           ("Learning rate", self.lr_spin), ("Preview every", self.preview_spin)])
 
         form = QFormLayout()
         form.addRow("Image", self.image_combo)
@@ -216,13 +216,8 @@ class FinetuneWidget(ChoosesInit, EndsTrainingRun, StopsRunOnClose, QWidget):
 
     def start(self) -> bool:
         """Check the input here (main thread) and start training in a worker; False if refused."""
-        if self.bridge.running:
-            return False
-        try:
-            run = self._prepare()
-        except EmsslError as exc:
-            show_error(str(exc))
-            self.controls.set_status(str(exc))
+        run = self._prepared_run()
+        if run is None:
             return False
         self._preview = None
         self.loss_plot.reset(run["config"].steps or run["config"].default_steps)
@@ -265,13 +260,6 @@ class FinetuneWidget(ChoosesInit, EndsTrainingRun, StopsRunOnClose, QWidget):
                 "shape": image.shape, "task": config.task, "factor": self.task_rows.factor(),
                 "spatial": spatial_kwargs(image_layer), "preview_z": current_slice(self.viewer, image_layer),
                 "out_dir": self.out_folder.path() or None, "total": config.steps}
-
-    def stop(self) -> None:
-        """Stop after the current step; the model trained so far is kept."""
-        if self.bridge.running and self._run is not None and not self._run.get("ended"):
-            self.bridge.stop()
-            self.controls.stop_button.setEnabled(False)
-            self.controls.set_status("Stopping after the current step… (the model trained so far is kept)")
 
     def save_model(self, directory: str | None = None) -> Path | None:
         """Write the trained model into ``directory`` (asked for with a dialog when None)."""
@@ -393,7 +381,4 @@ class FinetuneWidget(ChoosesInit, EndsTrainingRun, StopsRunOnClose, QWidget):
         self.save_button.setEnabled(True)
         self.export_button.setEnabled(True)
         self.model_trained.emit(model)
-        for widget in docked_widgets(self.viewer):
-            refresh = getattr(widget, "refresh_model_info", None)
-            if widget is not self and callable(refresh):
-                refresh()
+        self._refresh_docked("refresh_model_info")

@@ -19,19 +19,27 @@ from typing import Any
 
 from napari.layers import Image, Layer
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QLabel, QSpinBox, QVBoxLayout, QWidget
-from superqt import QCollapsible
+from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QLabel, QSpinBox, QVBoxLayout, QWidget
 
 from .. import api
 from ..config import PretrainConfig
 from ..engine.checkpoint import CHECKPOINT_META
 from ..engine.events import Checkpointed, Preview, RunCancelled, RunFinished, RunStarted, StepEnd
-from ..errors import EmsslError, InputError
+from ..errors import InputError
 from ..pretext import PRETEXT_METHODS, default_arch, supported_archs
-from ._controls import CheckableLayerList, FolderEdit, RunControls, device_combo, format_seconds, spin_box
-from ._layers import docked_widgets, image_source, plane_spatial, upsert_image
+from ._controls import (
+    CheckableLayerList,
+    FolderEdit,
+    RunControls,
+    advanced_section,
+    device_combo,
+    format_seconds,
+    preview_spin_box,
+    spin_box,
+)
+from ._layers import image_source, plane_spatial, upsert_image
 from ._loss_plot import LossPlot
-from ._worker import EndsTrainingRun, Failure, RunBridge, StopsRunOnClose, show_error, show_warning
+from ._worker import EndsTrainingRun, Failure, RunBridge, StopsRunOnClose, show_warning
 
 METHOD_HELP = {
     "gan": "pix2pix: restore noisy, blurred images (CNNs; Kazimi et al. 2024)",
@@ -67,6 +75,7 @@ class PretrainWidget(EndsTrainingRun, StopsRunOnClose, QWidget):
     """Pretrain a network self-supervised (gan, mae, mocov3, mff) on unlabeled EM images."""
 
     run_noun = "pretraining"
+    kept_on_stop = "the checkpoint is kept"
 
     pretrained = Signal(str)  # the output folder, once a run has finished or was stopped
 
@@ -116,14 +125,8 @@ class PretrainWidget(EndsTrainingRun, StopsRunOnClose, QWidget):
         self.resume_check = QCheckBox("Resume (continue the last run's folder)", self)
         self.resume_check.setToolTip("Continue from the checkpoint in the folder above, or if it is empty, in the last "
                                      "run's folder; Steps is the total, counting the steps already done")
-        self.preview_spin = spin_box(QDoubleSpinBox(self), 0.0, 3600.0, defaults.preview_every_s)
-        self.preview_spin.setSuffix(" s")
-        self.preview_spin.setToolTip("How often the preview layer is refreshed while training (0: no preview)")
-        advanced = QCollapsible("Advanced", self)
-        inner = QWidget()
-        form2 = QFormLayout(inner)
-        form2.addRow("Preview every", self.preview_spin)
-        advanced.addWidget(inner)
+        self.preview_spin = preview_spin_box(self, defaults.preview_every_s)
+        advanced = advanced_section(self, [("Preview every", self.preview_spin)])
 
         form = QFormLayout()
         form.addRow("Images", self.layers)
@@ -172,13 +175,8 @@ class PretrainWidget(EndsTrainingRun, StopsRunOnClose, QWidget):
 
     def start(self) -> bool:
         """Check the input here (main thread) and start pretraining in a worker; False if refused."""
-        if self.bridge.running:
-            return False
-        try:
-            run = self._prepare()
-        except EmsslError as exc:
-            show_error(str(exc))
-            self.controls.set_status(str(exc))
+        run = self._prepared_run()
+        if run is None:
             return False
         data, config, out_dir, resume = run.pop("data"), run["config"], run["out_dir"], run["resume"]
         self._run = run
@@ -218,13 +216,6 @@ class PretrainWidget(EndsTrainingRun, StopsRunOnClose, QWidget):
         return {"data": data, "config": config, "out_dir": str(Path(out_dir).expanduser()), "resume": resume,
                 "names": [layer.name for layer in layers], "folder": folder,
                 "spatial": plane_spatial(layers[0]) if layers else {}, "done_before": 0}
-
-    def stop(self) -> None:
-        """Stop after the current step; the checkpoint and the weights trained so far are kept."""
-        if self.bridge.running and self._run is not None and not self._run.get("ended"):
-            self.bridge.stop()
-            self.controls.stop_button.setEnabled(False)
-            self.controls.set_status("Stopping after the current step… (the checkpoint is kept)")
 
     # ------------------------------------------------------------------ events (main thread)
 
@@ -287,10 +278,7 @@ class PretrainWidget(EndsTrainingRun, StopsRunOnClose, QWidget):
             return
         self.last_result, self.result_dir = result, folder
         self.pretrained.emit(folder)
-        for widget in docked_widgets(self.viewer):
-            refresh = getattr(widget, "refresh_pretrained", None)
-            if widget is not self and callable(refresh):
-                refresh()
+        self._refresh_docked("refresh_pretrained")
 
 
 def _model_dir(result: Any) -> str | None:

@@ -25,6 +25,7 @@ from qtpy.QtCore import QEvent, QObject
 
 from ..engine.cancel import CancelToken
 from ..errors import EmsslError
+from ._layers import docked_widgets
 
 log = logging.getLogger(__name__)
 
@@ -180,11 +181,38 @@ class StopsRunOnClose:
 
 
 class EndsTrainingRun:
-    """Mixin for a training widget with ``controls`` (:class:`RunControls`) and a ``_run`` dict:
-    the handlers that end a run the same way in every such widget. ``run_noun`` names the run
-    in failure messages ("fine-tuning", "pretraining")."""
+    """Mixin for a training widget with ``controls`` (:class:`RunControls`), a ``bridge``
+    (:class:`RunBridge`), a ``_prepare()`` that checks the input and a ``_run`` dict: what
+    starting, stopping and ending a run share in every such widget. ``run_noun`` names the
+    run in failure messages ("fine-tuning", "pretraining"), ``kept_on_stop`` says what Stop keeps."""
 
     run_noun = "the run"
+    kept_on_stop = "what was trained so far is kept"
+
+    def _prepared_run(self) -> dict | None:
+        """``_prepare()``'s run, or None when a run is going or the input is refused (said in a dialog and the status)."""
+        if self.bridge.running:
+            return None
+        try:
+            return self._prepare()
+        except EmsslError as exc:
+            show_error(str(exc))
+            self.controls.set_status(str(exc))
+            return None
+
+    def stop(self) -> None:
+        """Stop after the current step; the run keeps what it trained so far."""
+        if self.bridge.running and self._run is not None and not self._run.get("ended"):
+            self.bridge.stop()
+            self.controls.stop_button.setEnabled(False)
+            self.controls.set_status(f"Stopping after the current step… ({self.kept_on_stop})")
+
+    def _refresh_docked(self, method: str) -> None:
+        """Call ``method()`` on every other widget docked in this viewer that has it (e.g. new models to offer)."""
+        for widget in docked_widgets(self.viewer):
+            refresh = getattr(widget, method, None)
+            if widget is not self and callable(refresh):
+                refresh()
 
     def _on_failure(self, failure: Failure) -> None:
         self._end_run()
