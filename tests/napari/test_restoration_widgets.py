@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from napari.layers import Image
 
+from napari_emssl.config import FinetuneConfig
+
 SCALE, TRANSLATE = (0.05, 0.0046, 0.0046), (0.0, 0.2, 0.3)  # as in conftest.viewer_widgets
 
 
@@ -17,7 +19,7 @@ def test_denoise_in_the_widgets(qtbot, viewer_widgets, notes, wait_idle):
     viewer, finetune, apply = viewer_widgets
     viewer.layers["crop"].metadata["source_file"] = "crop.tif"
     finetune.task_rows.set_task("denoise")
-    assert finetune.steps_spin.value() == 600  # the task's default
+    assert finetune.steps_spin.value() == FinetuneConfig(task="denoise").default_steps == 1200  # the task's default
     assert not finetune.labels_combo.isVisible() or not finetune.labels_combo.isVisibleTo(finetune)
     assert finetune.task_rows.target_combo.isVisibleTo(finetune)
     assert not finetune.task_rows.factor_combo.isVisibleTo(finetune)
