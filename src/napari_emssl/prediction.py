@@ -104,6 +104,10 @@ class _Planes:
         self.batch_size = batch_size
         self.config = config
 
+    def flush(self) -> dict[str, np.ndarray] | None:
+        """Outputs still held back once every plane has run (None: each plane's came with its run)."""
+        return None
+
     def _tiled(self, fn, grid: np.ndarray, channels: int, cancel):
         return (yield from iter_tiled(fn, grid, out_channels=channels, tile=self.tile, overlap=self.overlap,
                                       batch_size=self.batch_size, size_multiple=self.multiple, cancel=cancel))
@@ -133,14 +137,14 @@ class SegmentPlanes(_Planes):
         if not self.config.z_average:
             return self._outputs(probs)
         previous, self._window = self._window, (self._window[1] if self._window else None, probs)
-        if previous is None or previous[1] is None:
+        if previous is None:  # the first plane: held back until its next neighbour is known
             return None
         return self._outputs(self._z_mean(previous[0], previous[1], probs))
 
     def flush(self):
         """With ``z_average``: the outputs of the last plane (its next neighbour does not exist), else None."""
         window, self._window = self._window, None
-        if not self.config.z_average or window is None or window[1] is None:
+        if window is None:
             return None
         return self._outputs(self._z_mean(window[0], window[1], None))
 
@@ -288,7 +292,7 @@ def _apply(model, net, image, shape, config, make_sinks, device, cancel, name) -
                 for key, sink in sinks.items():
                     sink.write(outputs[key])
             yield PredictionSlice(index=position, count=len(indices))
-        outputs = planes.flush() if hasattr(planes, "flush") else None
+        outputs = planes.flush()
         if outputs is not None:
             for key, sink in sinks.items():
                 sink.write(outputs[key])

@@ -293,7 +293,6 @@ def _view_shape(shape: tuple[int, ...], k: int) -> tuple[int, ...]:
     return tuple(shape[:-2]) + ((shape[-1], shape[-2]) if k % 2 else (shape[-2], shape[-1]))
 
 
-
 def restore_views(restore_plane, plane: np.ndarray, views=DIHEDRAL) -> np.ndarray:
     """Mean of ``restore_plane`` over the flips/rotations ``views`` of ``plane``, each turned back."""
     acc = None

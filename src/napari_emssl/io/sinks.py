@@ -176,7 +176,7 @@ class ZarrSink(_Planes):
         import zarr
 
         super().__init__(shape, dtype if np.dtype(dtype) != bool else np.uint8, 2)
-        from napari_emssl.io.lazy import ome_zarr_attrs
+        from .lazy import ome_zarr_attrs
 
         self.path, self.atomic = Path(path), atomic
         folder = self.path.parent if str(self.path.parent) else Path(".")
