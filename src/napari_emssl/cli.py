@@ -87,8 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--input", required=True, nargs="+",
                     help="TIFF images or stacks, zarr/OME-Zarr folders, folders of images, or globs such as 'scans/*.tif' "
                          "(folders and globs leave out earlier results such as *_segmentation.tif)")
-    pr.add_argument("--out", help="output folder (default: beside each input, as <stem>_segmentation.tif, "
-                                  "<stem>_denoised.tif, ...)")
+    pr.add_argument("--out", help="output folder, or for a single input the output file (a name ending in .tif, "
+                                  ".tiff or .zarr); default: beside each input, as <stem>_segmentation.tif, "
+                                  "<stem>_denoised.tif, ...")
     pr.add_argument("--format", choices=("tif", "zarr"), default="tif", help="tif (default) or zarr (OME-Zarr)")
     pr.add_argument("--overwrite", action="store_true", help="replace outputs that exist (default: skip those inputs)")
     pr.add_argument("--probabilities", action="store_true",

@@ -371,6 +371,24 @@ def test_predict_goes_on_past_a_broken_input(capsys, files, tmp_path, tiny_model
     assert f"{files['image']} -> " in out and f"{files['stack']} -> " in out
 
 
+def test_predict_out_names_the_file_for_one_input(capsys, files, tmp_path, tiny_model_dir):
+    target = tmp_path / "results" / "seg.tif"
+    code, out, err = run(capsys, "predict", "--model", tiny_model_dir, "--input", files["image"], "--out", target,
+                         "--probabilities", "--device", "cpu", "--quiet")
+    assert code == 0, err
+    assert target.is_file() and (tmp_path / "results" / "seg_probabilities.tif").is_file()
+    assert sorted(p.name for p in target.parent.iterdir()) == ["seg.tif", "seg_probabilities.tif"]
+    assert read_image(target)[0].shape == read_image(files["image"])[0].shape
+    # a file name for several inputs, or one that does not fit the format: refused before anything is read
+    code, _, err = run(capsys, "predict", "--model", tiny_model_dir, "--input", files["image"], files["stack"],
+                       "--out", tmp_path / "both.tif", "--device", "cpu", "--quiet")
+    assert code != 0 and "names one file but there are 2 inputs" in err and "Traceback" not in err
+    code, _, err = run(capsys, "predict", "--model", tiny_model_dir, "--input", files["image"], "--out",
+                       tmp_path / "seg2.tif", "--format", "zarr", "--device", "cpu", "--quiet")
+    assert code != 0 and "--format" in err
+    assert not (tmp_path / "both.tif").exists() and not (tmp_path / "seg2.tif").exists()
+
+
 def test_unexpected_error_is_one_line_without_debug(capsys, files, tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("something broke inside")
@@ -501,6 +519,11 @@ def test_output_path_names():
     assert one("x.TIF", "_probabilities") == "out/x_probabilities.tif"
     assert one("img.png") == "out/img.tif"
     assert one("vol.zarr", fmt="zarr") == "out/vol.ome.zarr"
+    # --out naming the result file itself (one input)
+    assert output_paths([Path("a.tif")], "res/den.tiff", "denoise")[0].as_posix() == "res/den.tiff"
+    assert output_paths([Path("a.tif")], "den.tif", "segment", "tif", "_probabilities")[0].as_posix() == "den_probabilities.tif"
+    assert output_paths([Path("a.tif")], "vol.ome.zarr", "segment", "zarr")[0].as_posix() == "vol.ome.zarr"
+    assert output_paths([Path("a.tif")], "vol.ome.zarr", "segment", "tif", "_probabilities")[0].as_posix() == "vol_probabilities.tif"
 
 
 def test_input_errors_are_emssl_errors():
