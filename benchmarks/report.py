@@ -312,7 +312,6 @@ def restoration_section(run: dict) -> list[str]:
     """Table (PSNR / SSIM / seconds per image and method) and the computed margins of ours over the baselines."""
     task, rows = run["task"], run["rows"]
     images = list(dict.fromkeys(r["image"] for r in rows))
-    methods = list(dict.fromkeys(r["method"] for r in rows))
     cell = {(r["image"], r["method"]): r for r in rows}
     if task == "denoise":
         title = "## Denoising low-dose STEM and SEM images (every method sees only the noisy image)"
@@ -327,33 +326,17 @@ def restoration_section(run: dict) -> list[str]:
                  f"ours is `emssl finetune --task denoise` with the defaults of the time ({run['steps']} steps, bundled "
                  f"weights, blind-spot share {run.get('mask_fraction', 0.01):g}) and ours_random the same from random weights; "
                  "ours_tta is the mean of the 8 flips/rotations, what `emssl predict` and the Apply widget give by default "
-                 "for a single 2D image (ours: one view, the default for stacks)."]
+                 "for a single 2D image (ours: one view, the default for stacks). The bundled weights were pretrained "
+                 "(GAN pretext) on every unlabeled image of the data folder, these four included: ours_random shows the "
+                 "result without that start, and the last section below adds an image the pretraining never saw."]
     else:
         title = "## Super-resolution x2 of STEM and SEM images (from the downscaled image alone)"
         intro = ["Each image was area-downscaled by 2; every method restores the full resolution from that alone. Ours is "
                  f"`emssl finetune --task superres` with every default ({run['steps']} steps, bundled weights, pairs made "
                  "by downscaling the input once more); ours_random is the same self-supervised network without pretraining; "
-                 "ours_tta is the mean of the 8 flips/rotations (the default for a single 2D image)."]
-    lines = [title, ""] + intro + ["", "PSNR in dB (data range of the clean reference) / SSIM / seconds (training and prediction):", "",
-                                   "| image | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
-    for image in images:
-        cells = []
-        for m in methods:
-            r = cell.get((image, m))
-            cells.append(f"{r['psnr']:.2f} / {r['ssim']:.3f} / {r['seconds']:.0f} s" if r else "-")
-        lines.append(f"| {image} | " + " | ".join(cells) + " |")
-    for variant in ("ours", "ours_tta"):
-        margins = []
-        for image in images:
-            ours = cell.get((image, variant))
-            base = [cell[(image, b)] for b in BASELINES[task] if (image, b) in cell]
-            if ours and base:
-                best = max(base, key=lambda r: r["psnr"])
-                margins.append((image, ours["psnr"] - best["psnr"], best["method"]))
-        if margins:
-            mean = sum(m[1] for m in margins) / len(margins)
-            per = ", ".join(f"{i} {d:+.2f} dB vs {b}" for i, d, b in margins)
-            lines += ["", f"Measured: {variant} minus the best baseline per image: {per}; mean {mean:+.2f} dB."]
+                 "ours_tta is the mean of the 8 flips/rotations (the default for a single 2D image). The bundled weights "
+                 "were pretrained on every unlabeled image of the data folder, these four included."]
+    lines = [title, ""] + intro + [""] + _restoration_table(rows, task)
     if run.get("noise_bound"):
         bound = run["noise_bound"]
         lines += ["", "How much is there to gain: the references are recorded images with their own shot noise, and the "
@@ -372,6 +355,81 @@ def restoration_section(run: dict) -> list[str]:
         lines += ["", f"Timing: {run['timing_note']}"]
     lines += ["", f"Device: {run['device']}. Images: " + "; ".join(f"{k}: {v}" for k, v in run["images"].items()) + ".",
               f"Command (with `EMSSL_DATA=../shared/data PYTHONPATH=.bench-site:src` in front): `{run['command']}`."]
+    return lines
+
+
+def _restoration_table(rows: list[dict], task: str) -> list[str]:
+    """PSNR / SSIM / seconds per image and method, then ours (and ours_tta) minus the best baseline per image."""
+    images = list(dict.fromkeys(r["image"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    cell = {(r["image"], r["method"]): r for r in rows}
+    lines = ["PSNR in dB (data range of the clean reference) / SSIM / seconds (training and prediction):", "",
+             "| image | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for image in images:
+        cells = []
+        for m in methods:
+            r = cell.get((image, m))
+            cells.append(f"{r['psnr']:.2f} / {r['ssim']:.3f} / {r['seconds']:.0f} s" if r else "-")
+        lines.append(f"| {image} | " + " | ".join(cells) + " |")
+    for variant in ("ours", "ours_tta"):
+        margins = []
+        for image in images:
+            ours = cell.get((image, variant))
+            base = [cell[(image, b)] for b in BASELINES[task] if (image, b) in cell]
+            if ours and base:
+                best = max(base, key=lambda r: r["psnr"])
+                margins.append((image, ours["psnr"] - best["psnr"], best["method"]))
+        if margins:
+            mean = sum(m[1] for m in margins) / len(margins)
+            per = ", ".join(f"{i} {d:+.2f} dB vs {b}" for i, d, b in margins)
+            lines += ["", f"Measured: {variant} minus the best baseline per image: {per}; mean {mean:+.2f} dB."]
+    return lines
+
+
+def _best_margin(rows: list[dict], image: str, method: str = "ours_tta") -> float | None:
+    """``method`` minus the best denoising baseline on ``image`` (dB), or None."""
+    ours = [r["psnr"] for r in rows if r["image"] == image and r["method"] == method]
+    base = [r["psnr"] for r in rows if r["image"] == image and r["method"] in BASELINES["denoise"]]
+    return ours[-1] - max(base) if ours and base else None
+
+
+def reseed_section(runs: list[dict], main: dict | None = None) -> list[str]:
+    """Denoising with another noise draw, on the benchmark images and on held-out ones (``reseed_denoise_*.json``)."""
+    held_out = sorted({k for r in runs for k in r.get("held_out", [])})
+    rows = [row for r in runs for row in r["rows"]]
+    order = list(dict.fromkeys(r["image"] for r in rows))
+    rows.sort(key=lambda r: (r["image"] in held_out, order.index(r["image"])))  # the benchmark's images first
+    shown = list(dict.fromkeys(r["image"] for r in rows))
+    not_seen = sorted({k for r in runs for k in r.get("not_pretrained_on", [])})
+    images = {k: v for r in runs for k, v in r["images"].items()}
+    lines = ["### Another noise draw, and images no default was chosen on",
+             "",
+             "The blind-spot share and the step count of self-supervised denoising were chosen on the four images above "
+             "with noise seed 0. The same comparison with another noise draw (seed "
+             + ", ".join(map(str, sorted({r["seed"] for r in runs}))) + ")"
+             + (f", on them and on {len(held_out)} held-out images that played no part in any choice ({', '.join(held_out)})"
+                if held_out else "")
+             + f"; ours with the defaults ({', '.join(map(str, sorted({r['steps'] for r in runs})))} steps), same dose, "
+             "read noise and classic baselines as above. The bundled weights ours starts from were pretrained on every "
+             "unlabeled image of the data folder (clean, as recorded), which holds the benchmark images"
+             + (" and the held-out ones except " + ", ".join(not_seen) if not_seen else "") + ".",
+             ""] + _restoration_table(rows, "denoise")
+    cell = {(r["image"], r["method"]): r["psnr"] for r in rows}
+    pre = [(i, cell[(i, "ours_tta")] - cell[(i, "ours_random_tta")]) for i in shown
+           if (i, "ours_tta") in cell and (i, "ours_random_tta") in cell]
+    if pre:
+        lines += ["", "Pretrained minus random initialisation (8-view): " + ", ".join(f"{i} {d:+.2f} dB" for i, d in pre) + "."]
+    if main:
+        pairs = [(i, _best_margin(main["rows"], i), _best_margin(rows, i)) for i in shown if i not in held_out]
+        pairs = [p for p in pairs if p[1] is not None and p[2] is not None]
+        if pairs:
+            lines += ["", "ours_tta minus the best baseline, noise seed 0 (table above) -> this one: "
+                      + ", ".join(f"{i} {a:+.2f} -> {b:+.2f} dB" for i, a, b in pairs)
+                      + " (the noise draw and the training's random numbers both change)."]
+    lines += ["", f"Device: {runs[0]['device']}, two runs at a time (one per core). Images: "
+              + "; ".join(f"{k}: {v}" for k, v in images.items()) + ".",
+              "Commands (with `EMSSL_DATA=../shared/data PYTHONPATH=.bench-site:src` in front): "
+              + " and ".join(f"`{r['command']}`" for r in runs) + "."]
     return lines
 
 
@@ -556,6 +614,9 @@ def main() -> None:
         ablation = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob("ablation_mask_fraction_*_*.json"))]
         if task == "denoise" and ablation:
             lines += [""] + mask_fraction_section(ablation, run)
+        reseed = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob(f"reseed_{task}_*.json"))]
+        if reseed:
+            lines += [""] + reseed_section(reseed, run)
     throughput = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob("prediction_throughput_*.json"))]
     if throughput:
         lines += [""] + throughput_section(throughput) + [f"![Prediction throughput]({plot_throughput(throughput)})"]
