@@ -412,7 +412,8 @@ def reseed_section(runs: list[dict], main: dict | None = None) -> list[str]:
              + f"; ours with the defaults ({', '.join(map(str, sorted({r['steps'] for r in runs})))} steps), same dose, "
              "read noise and classic baselines as above. The bundled weights ours starts from were pretrained on every "
              "unlabeled image of the data folder (clean, as recorded), which holds the benchmark images"
-             + (" and the held-out ones except " + ", ".join(not_seen) if not_seen else "") + ".",
+             + (" and the held-out ones except " + ", ".join(not_seen) + " (the corpus does hold the other ssTEM stack, "
+                "stack2: the same tissue and microscope)" if not_seen else "") + ".",
              ""] + _restoration_table(rows, "denoise")
     cell = {(r["image"], r["method"]): r["psnr"] for r in rows}
     pre = [(i, cell[(i, "ours_tta")] - cell[(i, "ours_random_tta")]) for i in shown
