@@ -176,9 +176,9 @@ def run_n2v(noisy, args, epochs=None, **_):
     return np.asarray(pred[0] if isinstance(pred, list) else pred, np.float32).reshape(noisy.shape)
 
 
-def run_ours(noisy, args, init="bundled", **_):
+def run_ours(noisy, args, init=None, **_):
     """Fine-tune with the task's defaults, predict; with ``--tta`` also the 8-view average (row ``<method>_tta``)."""
-    config = FinetuneConfig(task=args.task, init=init, device=args.device, preview_every_s=0, steps=args.steps, seed=args.seed,
+    config = FinetuneConfig(task=args.task, init=init or args.init, device=args.device, preview_every_s=0, steps=args.steps, seed=args.seed,
                             mask_fraction=args.mask_fraction)
     result = api.finetune(noisy, config=config)
     out = api.predict(result.model, noisy, PredictConfig(device=args.device, tta=False))
@@ -220,6 +220,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--init", default="bundled",
+                        help="where the ours rows start: bundled (default) or a pretrained model directory, e.g. one "
+                             "pretrained without the benchmark images (ours_random always starts from random weights)")
     parser.add_argument("--out", type=Path, help="default: benchmarks/results/restoration_<task>.json")
     args = parser.parse_args()
     if args.threads:
