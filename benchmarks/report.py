@@ -374,10 +374,8 @@ def _restoration_table(rows: list[dict], task: str) -> list[str]:
     for variant in ("ours", "ours_tta"):
         margins = []
         for image in images:
-            ours = cell.get((image, variant))
-            base = [cell[(image, b)] for b in BASELINES[task] if (image, b) in cell]
-            if ours and base:
-                best = max(base, key=lambda r: r["psnr"])
+            ours, best = cell.get((image, variant)), _best_baseline(cell, image, task)
+            if ours and best:
                 margins.append((image, ours["psnr"] - best["psnr"], best["method"]))
         if margins:
             mean = sum(m[1] for m in margins) / len(margins)
@@ -386,11 +384,17 @@ def _restoration_table(rows: list[dict], task: str) -> list[str]:
     return lines
 
 
+def _best_baseline(cell: dict[tuple[str, str], dict], image: str, task: str) -> dict | None:
+    """The row of the best-scoring baseline on ``image`` (``cell``: rows by (image, method)), or None."""
+    base = [cell[(image, b)] for b in BASELINES[task] if (image, b) in cell]
+    return max(base, key=lambda r: r["psnr"]) if base else None
+
+
 def _best_margin(rows: list[dict], image: str, method: str = "ours_tta") -> float | None:
     """``method`` minus the best denoising baseline on ``image`` (dB), or None."""
-    ours = [r["psnr"] for r in rows if r["image"] == image and r["method"] == method]
-    base = [r["psnr"] for r in rows if r["image"] == image and r["method"] in BASELINES["denoise"]]
-    return ours[-1] - max(base) if ours and base else None
+    cell = {(r["image"], r["method"]): r for r in rows}
+    ours, best = cell.get((image, method)), _best_baseline(cell, image, "denoise")
+    return ours["psnr"] - best["psnr"] if ours and best else None
 
 
 def reseed_section(runs: list[dict], main: dict | None = None) -> list[str]:

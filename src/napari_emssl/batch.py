@@ -98,10 +98,10 @@ def output_paths(inputs: Sequence[Path], out_dir: str | os.PathLike | None, task
     as ``<stem>_<kind><suffix>`` (``kind``: segmentation, denoised, ...). Inputs of the same name from
     different folders get their folder's name in front, so no result overwrites another."""
     ending = output_suffix(fmt)
-    file_out = _as_file_out(inputs, out_dir, fmt)
-    if file_out is not None and suffix:
-        return [file_out.with_name(f"{_stem(file_out)}{suffix}{ending}")]
+    file_out = _as_file_out(inputs, out_dir)
     if file_out is not None:
+        if suffix:
+            return [file_out.with_name(f"{_stem(file_out)}{suffix}{ending}")]
         if not file_out.name.lower().endswith(_FILE_ENDINGS[fmt]):
             raise InputError(f"--out '{file_out}' does not end like a {fmt} output ({', '.join(_FILE_ENDINGS[fmt])}); "
                              f"change its name or --format.")
@@ -126,17 +126,17 @@ def output_paths(inputs: Sequence[Path], out_dir: str | os.PathLike | None, task
 _FILE_ENDINGS = {"tif": (".tif", ".tiff"), "zarr": (".zarr",)}
 
 
-def _as_file_out(inputs: Sequence[Path], out_dir, fmt: str) -> Path | None:
+def _as_file_out(inputs: Sequence[Path], out_dir) -> Path | None:
     """``out_dir`` when it names one output file (``--out result.tif`` for a single input), else None."""
     if out_dir is None:
         return None
     out = Path(out_dir)
-    kind = next((k for k, endings in _FILE_ENDINGS.items() if out.name.lower().endswith(endings)), None)
-    if kind is None or (out.is_dir() and not is_zarr_path(out)):
+    names_a_file = out.name.lower().endswith(sum(_FILE_ENDINGS.values(), ()))
+    if not names_a_file or (out.is_dir() and not is_zarr_path(out)):
         return None
     if len(inputs) != 1:
         raise InputError(f"--out '{out}' names one file but there are {len(inputs)} inputs; give a folder for several "
-                         f"inputs (each result is written there as <input name>{output_suffix(fmt)}).")
+                         f"inputs (each result is written there under its input's name).")
     return out
 
 
