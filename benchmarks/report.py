@@ -296,6 +296,7 @@ def _restoration_runs(task: str) -> dict | None:
     ours = [r for r in runs if any(row["method"] == "ours" for row in r["rows"])]
     if ours:  # later files replace earlier rows of the same image and method: describe the settings of the last "ours"
         merged.update({k: ours[-1][k] for k in ("steps", "mask_fraction") if k in ours[-1]})
+        merged["mask_replace"] = ours[-1].get("mask_replace", "mean")  # files without the key were written before it
     merged["timing_note"] = next((r["timing_note"] for r in reversed(runs) if r.get("timing_note")), None)  # the latest
     for r in runs:
         merged["images"].update(r["images"])
@@ -324,7 +325,8 @@ def restoration_section(run: dict) -> list[str]:
                  + (f"; n2v_long: {run['n2v'].get('long_epochs')} epochs, about the wall time of 600 of our steps"
                     if any(r["method"] == "n2v_long" for r in rows) else "") + "); "
                  f"ours is `emssl finetune --task denoise` with the defaults of the time ({run['steps']} steps, bundled "
-                 f"weights, blind-spot share {run.get('mask_fraction', 0.01):g}) and ours_random the same from random weights; "
+                 f"weights, blind-spot share {run.get('mask_fraction', 0.01):g}, masked pixels showing "
+                 f"{REPLACE_TEXT[run.get('mask_replace', 'mean')]}) and ours_random the same from random weights; "
                  "ours_tta is the mean of the 8 flips/rotations, what `emssl predict` and the Apply widget give by default "
                  "for a single 2D image (ours: one view, the default for stacks). The bundled weights were pretrained "
                  "(GAN pretext) on every unlabeled image of the data folder, these four included: ours_random shows the "
@@ -459,6 +461,52 @@ def plot_restoration(run: dict) -> str:
     return name
 
 
+REPLACE_TEXT = {"mean": "the mean of their 8 neighbours", "neighbour": "one of their 8 neighbours"}
+
+
+def mask_replace_section(runs: list[dict]) -> list[str]:
+    """Plain versus J-invariant inference after training with each replacement (``blind_spot_replace_*.json``),
+    then the 8-view results of the main table's runs (seed 0, same steps) with each replacement."""
+    plain: dict[tuple[str, str], dict[str, float]] = {}
+    for run in runs:
+        for row in run["rows"]:
+            plain.setdefault((row["image"], run["mask_replace"]), {})[row["method"]] = row["psnr"]
+    lines = ["### What a masked pixel shows: one neighbour or the mean of the 8",
+             "",
+             "In self-supervised training a hidden pixel must show the network something other than its own value. "
+             "The mean of the 8 neighbours is smoother than any real noisy pixel, so the network can tell the hidden "
+             "pixels apart, and how it responds to a pixel's own noisy value is never trained; one neighbour chosen at "
+             "random looks like any other pixel. Plain inference shows the network every pixel's own value; "
+             "J-invariant inference (Noise2Self) predicts each pixel with it hidden as in training (16 passes, one per "
+             "cell of the 4 x 4 blind-spot grid). If the two differ much, the network lets a share of each pixel's "
+             f"noise through. Same noise (seed {runs[0]['seed']}) and training ({runs[0]['steps']} steps, bundled "
+             "weights) as the table above, one view; PSNR in dB:",
+             "",
+             "| image | masked pixel shows | plain inference | J-invariant inference | plain minus J-invariant |",
+             "|---|---|---|---|---|"]
+    for (image, replace), cell in plain.items():
+        if "ours" in cell and "ours_jinv" in cell:
+            lines.append(f"| {image} | {REPLACE_TEXT[replace]} | {cell['ours']:.2f} | {cell['ours_jinv']:.2f} | "
+                         f"{cell['ours'] - cell['ours_jinv']:+.2f} |")
+    by_replace: dict[str, dict[str, float]] = {}
+    for path in sorted((HERE / "results").glob("restoration_denoise*.json")):
+        run = json.loads(path.read_text())
+        if run.get("seed", 0) == runs[0]["seed"] and run["steps"] == runs[0]["steps"]:
+            for row in run["rows"]:
+                if row["method"] == "ours_tta":
+                    by_replace.setdefault(run.get("mask_replace", "mean"), {})[row["image"]] = row["psnr"]
+    both = [i for i in by_replace.get("neighbour", {}) if i in by_replace.get("mean", {})]
+    if both:
+        lines += ["", "8-view results of the table above (one neighbour, the default now) against the same runs with the "
+                  "mean (the default before): " + ", ".join(
+                      f"{i} {by_replace['mean'][i]:.2f} -> {by_replace['neighbour'][i]:.2f} dB "
+                      f"({by_replace['neighbour'][i] - by_replace['mean'][i]:+.2f})" for i in both) + "."]
+    lines += ["", f"Device: {runs[0]['device']}, two runs at a time (one per core). Commands (with "
+              "`EMSSL_DATA=../shared/data PYTHONPATH=.bench-site:src` in front): "
+              + " and ".join(f"`{r['command']}`" for r in runs) + "."]
+    return lines
+
+
 def mask_fraction_section(runs: list[dict], baselines: dict | None) -> list[str]:
     """The blind-spot share (``--mask-fraction``) of self-supervised denoising, per image, with and without TTA."""
     cells: dict[tuple[str, str], dict[float, float]] = {}
@@ -479,7 +527,8 @@ def mask_fraction_section(runs: list[dict], baselines: dict | None) -> list[str]
     lines = [
         "### Share of blind-spot pixels in self-supervised denoising",
         "",
-        "The same denoising run (bundled GAN start, 600 steps, same noise as above) with "
+        "The same denoising run (bundled GAN start, 600 steps, same noise as above, masked pixels showing "
+        + " and ".join(sorted({REPLACE_TEXT[r.get("mask_replace", "mean")] for r in runs})) + ") with "
         + " and ".join(f"{f:g}" for f in fractions) + " of the pixels of each patch hidden; PSNR in dB "
         "(`ours_tta`: the 8-view test-time average). The best classic or learned baseline of the table above is "
         "given for reference.",
@@ -619,6 +668,9 @@ def main() -> None:
         ablation = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob("ablation_mask_fraction_*_*.json"))]
         if task == "denoise" and ablation:
             lines += [""] + mask_fraction_section(ablation, run)
+        replace = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob(f"blind_spot_replace_{task}_*.json"))]
+        if replace:
+            lines += [""] + mask_replace_section(replace)
         reseed = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob(f"reseed_{task}_*.json"))]
         if reseed:
             lines += [""] + reseed_section(reseed, run)

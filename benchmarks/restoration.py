@@ -179,7 +179,7 @@ def run_n2v(noisy, args, epochs=None, **_):
 def run_ours(noisy, args, init=None, **_):
     """Fine-tune with the task's defaults, predict; with ``--tta`` also the 8-view average (row ``<method>_tta``)."""
     config = FinetuneConfig(task=args.task, init=init or args.init, device=args.device, preview_every_s=0, steps=args.steps, seed=args.seed,
-                            mask_fraction=args.mask_fraction)
+                            mask_fraction=args.mask_fraction, mask_replace=args.mask_replace)
     result = api.finetune(noisy, config=config)
     out = api.predict(result.model, noisy, PredictConfig(device=args.device, tta=False))
     extra = {"init": result.model.meta["lineage"]["init"].get("init"), "steps": result.steps,
@@ -187,7 +187,40 @@ def run_ours(noisy, args, init=None, **_):
     if args.tta:
         tta = api.predict(result.model, noisy, PredictConfig(device=args.device, tta=True))
         extra["_tta"] = (tta.image, tta.seconds)
+    if args.jinv:
+        extra["_jinv"] = j_invariant_predict(result.model, noisy, args)
     return out.image, extra
+
+
+def j_invariant_predict(model, noisy: np.ndarray, args) -> np.ndarray:
+    """Each pixel predicted with itself hidden, as in training (Noise2Self's J-invariant inference, one view).
+
+    The pixels of every cell of the blind-spot grid (``s x s``, ``s`` from the mask fraction) are
+    hidden together, shown as in training (the mean of the 8 neighbours, or one of them at random),
+    and the prediction kept at those pixels: ``s**2`` passes. Against plain inference it shows how
+    much of a pixel's own noise a blind-spot network lets through when it sees the pixel.
+    """
+    from napari_emssl.tasks.denoise import cell_size
+
+    s = cell_size(args.mask_fraction)
+    h, w = noisy.shape
+    padded = np.pad(noisy, 1, mode="reflect")
+    shifts = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
+    neighbours = np.stack([padded[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w] for dy, dx in shifts])
+    if args.mask_replace == "mean":
+        shown = neighbours.mean(axis=0)
+    else:
+        pick = np.random.default_rng(args.seed).integers(0, 8, size=(h, w))
+        shown = np.take_along_axis(neighbours, pick[None], axis=0)[0]
+    out = np.empty_like(noisy)
+    for oy in range(s):
+        for ox in range(s):
+            hidden = np.zeros((h, w), bool)
+            hidden[oy::s, ox::s] = True
+            pred = api.predict(model, np.where(hidden, shown, noisy).astype(np.float32),
+                               PredictConfig(device=args.device, tta=False)).image
+            out[hidden] = pred[hidden]
+    return out
 
 
 def run_bicubic(low, **_):
@@ -216,7 +249,11 @@ def main() -> None:
     parser.add_argument("--n2v-long-epochs", type=int, default=100, help="epochs of the n2v_long method (about our wall time)")
     parser.add_argument("--mask-fraction", type=float, default=FinetuneConfig.mask_fraction,
                         help="blind-spot fraction of our denoiser (default: the package default)")
+    parser.add_argument("--mask-replace", choices=("neighbour", "mean"), default=FinetuneConfig.mask_replace,
+                        help="what a blind-spot pixel of our denoiser shows (default: the package default)")
     parser.add_argument("--tta", action="store_true", help="also score our models with the 8-view test-time average")
+    parser.add_argument("--jinv", action="store_true",
+                        help="denoise: also score our models with each pixel predicted while hidden (rows <method>_jinv)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
@@ -245,10 +282,12 @@ def main() -> None:
             if isinstance(out, tuple):
                 out, extra = out
             seconds = time.perf_counter() - started
-            tta = extra.pop("_tta", None)
+            tta, jinv = extra.pop("_tta", None), extra.pop("_jinv", None)
             outputs = [(method, out, seconds - (tta[1] if tta else 0.0))]
             if tta is not None:
                 outputs.append((f"{method}_tta", tta[0], seconds - extra.get("predict_seconds", 0.0)))
+            if jinv is not None:
+                outputs.append((f"{method}_jinv", jinv, seconds))
             for label, image, secs in outputs:
                 scores = restoration_metrics(clean, np.asarray(image, np.float32), float(np.ptp(clean)))
                 row = {"image": name, "method": label, "psnr": round(scores["psnr"], 3), "ssim": round(scores["ssim"], 4),
@@ -260,7 +299,7 @@ def main() -> None:
                 "task": args.task, "images": {k: IMAGES[k][1] for k in args.images}, "dose": args.dose, "read": args.read,
                 "steps": args.steps or FinetuneConfig(task=args.task).default_steps, "n2v": {"epochs": args.n2v_epochs,
                 "steps_per_epoch": args.n2v_steps, "long_epochs": args.n2v_long_epochs, "batch": 16, "patch": 64},
-                "seed": args.seed, "mask_fraction": args.mask_fraction, "held_out": [k for k in args.images if k in HELD_OUT],
+                "seed": args.seed, "mask_fraction": args.mask_fraction, "mask_replace": args.mask_replace, "held_out": [k for k in args.images if k in HELD_OUT],
                 "not_pretrained_on": [k for k in args.images if k in NOT_PRETRAINED_ON],
                 "device": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, "
                           f"{torch.get_num_threads()} threads",

@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from . import __version__
-from .config import METHODS, TASKS, FinetuneConfig, PretrainConfig
+from .config import MASK_REPLACEMENTS, METHODS, TASKS, FinetuneConfig, PretrainConfig
 from .errors import EmsslError
 
 EXIT_OK, EXIT_ERROR, EXIT_CANCELLED = 0, 1, 130
@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--mask-fraction", type=float, default=FinetuneConfig.mask_fraction,
                     help="self-supervised denoising: fraction of pixels hidden from the network per patch "
                          f"(default {FinetuneConfig.mask_fraction:g})")
+    ft.add_argument("--mask-replace", choices=MASK_REPLACEMENTS, default=FinetuneConfig.mask_replace,
+                    help="self-supervised denoising: what a hidden pixel shows the network, the mean of its 8 "
+                         "neighbours (default) or one of them; 'neighbour' lets none of a pixel's own noise through, "
+                         "better on smooth images (see docs/benchmarks.md)")
     common(ft)
 
     pr = sub.add_parser("predict", help="apply a model to images, folders or globs; writes OUT/<input stem>.tif",

@@ -144,8 +144,10 @@ def _loss_fn(config: FinetuneConfig, norm: np.ndarray, tnorm: np.ndarray | None,
     if task == "denoise":
         if tnorm is None:
             sampler = PatchSampler(norm, None, patch, seed=seed, intensity=False, noise=False)
-            loss = denoise.make_denoise_loss_fn(sampler.sample, bs, device, seed=seed, fraction=config.mask_fraction)
-            return loss, {"mode": "self-supervised (blind spot)", "mask_fraction": config.mask_fraction}
+            loss = denoise.make_denoise_loss_fn(sampler.sample, bs, device, seed=seed, fraction=config.mask_fraction,
+                                                replace=config.mask_replace)
+            return loss, {"mode": "self-supervised (blind spot)", "mask_fraction": config.mask_fraction,
+                          "mask_replace": config.mask_replace}
         sampler = PairedPatchSampler(norm, tnorm, patch, seed=seed, noise=False)
         return denoise.make_denoise_loss_fn(sampler.sample, bs, device, paired=True), {"mode": "paired"}
     if task == "bgremove":

@@ -256,6 +256,11 @@ def test_denoise_and_superres_round_trip(capsys, files, tmp_path):
                          "--steps", "3", *TINY)
     assert code == 0, err
     assert "self-supervised" in err and "model written to" in out
+    assert json.loads((tmp_path / "dn" / "model.json").read_text())["lineage"]["finetune"]["mask_replace"] == "mean"
+    code, out, err = run(capsys, "finetune", "--task", "denoise", "--image", files["image"], "--out", tmp_path / "dn_nb",
+                         "--steps", "2", "--mask-replace", "neighbour", *TINY)
+    assert code == 0, err
+    assert json.loads((tmp_path / "dn_nb" / "model.json").read_text())["lineage"]["finetune"]["mask_replace"] == "neighbour"
     code, out, err = run(capsys, "predict", "--model", tmp_path / "dn", "--input", files["image"], "--out", tmp_path / "p",
                          "--device", "cpu", "--keep-dtype")
     assert code == 0, err

@@ -50,6 +50,8 @@ def test_defaults_are_valid():
         ({"seed": -1}, "seed must be a whole number"),
         ({"seed": 1.5}, "seed"),
         ({"schema_version": 2}, "unknown configuration schema version 2"),
+        ({"mask_replace": "median"}, "mask_replace must be one of mean, neighbour"),
+        ({"mask_replace": None}, "mask_replace must be one of"),
     ],
 )
 def test_finetune_config_rejects_bad_values(changes, words):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from napari_emssl import api
-from napari_emssl.config import PredictConfig
+from napari_emssl.config import FinetuneConfig, PredictConfig
 from napari_emssl.data.degrade import upscale_bicubic
 from napari_emssl.data.normalize import percentile_normalize
 from napari_emssl.engine.model_dir import load_model
@@ -52,6 +52,20 @@ def test_blind_spot_input_never_holds_the_masked_pixels_own_value():
     assert seen_masked > 0
 
 
+def test_neighbour_replacement_shows_one_of_the_eight_neighbours():
+    gen = torch.Generator().manual_seed(3)
+    images = torch.randperm(4 * 24 * 24, generator=gen).float().view(4, 1, 24, 24)  # every value distinct
+    masked, mask = denoise.blind_spot_batch(images, 1 / 16, generator=gen, replace="neighbour")
+    padded = torch.nn.functional.pad(images, (1, 1, 1, 1), mode="reflect")
+    b, _, ys, xs = mask.nonzero(as_tuple=True)
+    assert b.numel() > 50
+    for i, y, x in zip(b.tolist(), ys.tolist(), xs.tolist()):
+        window = padded[i, 0, y : y + 3, x : x + 3].flatten()
+        neighbours = torch.cat([window[:4], window[5:]])
+        assert masked[i, 0, y, x] in neighbours and masked[i, 0, y, x] != images[i, 0, y, x]
+    assert denoise.REPLACEMENTS[0] == FinetuneConfig().mask_replace == "mean"  # the default, in both places
+
+
 def test_blind_spot_mask_is_stratified_without_a_fixed_lattice():
     gen = torch.Generator().manual_seed(1)
     mask = denoise.blind_spot_mask((64, 1, 40, 40), 1 / 16, generator=gen)
@@ -75,6 +89,7 @@ def test_denoise_self_supervised_loss_falls_and_output_keeps_units(tiny_config):
     assert np.isfinite(last) and last < first
     assert result.model.meta["task"] == "denoise"
     assert result.model.meta["lineage"]["finetune"]["mode"].startswith("self-supervised")
+    assert result.model.meta["lineage"]["finetune"]["mask_replace"] == "mean"
     pred = api.predict(result.model, noisy, PredictConfig(device="cpu"))
     assert pred.image.shape == noisy.shape and pred.image.dtype == np.float32
     assert pred.labels is None and pred.scale_factor == 1

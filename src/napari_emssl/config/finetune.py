@@ -21,6 +21,8 @@ TASKS = ("segment", "denoise", "bgremove", "superres")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 RESTORATION_TASKS = ("denoise", "bgremove", "superres")
 FACTORS = (2, 4)
+#: what a blind-spot pixel shows the network in self-supervised denoising (see ``tasks/denoise.py``)
+MASK_REPLACEMENTS = ("mean", "neighbour")
 #: test-time augmentation is on by default for inputs of at most this many pixels (one 4096 x 4096 image)
 TTA_AUTO_MAX_PIXELS = 4096 * 4096
 
@@ -70,6 +72,8 @@ class FinetuneConfig:
     tile: int = 256
     factor: int = 2  # super-resolution only: 2 or 4
     mask_fraction: float = 0.0625  # self-supervised denoising: share of pixels masked (blind spots) per patch
+    # self-supervised denoising: a masked pixel shows the mean of its 8 neighbours ("mean") or one of them ("neighbour")
+    mask_replace: str = "mean"
     schema_version: int = SCHEMA_VERSION
 
     DEFAULT_STEPS = 600
@@ -97,6 +101,8 @@ class FinetuneConfig:
         _number("mask_fraction", self.mask_fraction)
         if not 0.0 < self.mask_fraction <= 0.25:
             raise InputError(f"mask_fraction must be in (0, 0.25], got {self.mask_fraction}")
+        if self.mask_replace not in MASK_REPLACEMENTS:
+            raise InputError(f"mask_replace must be one of {', '.join(MASK_REPLACEMENTS)}, got {self.mask_replace!r}")
         if self.patch_size < 16:
             raise InputError(f"patch_size must be at least 16 pixels, got {self.patch_size}")
         for name in ("lr", "weight_decay", "dice_weight", "preview_every_s"):

@@ -16,8 +16,18 @@ Choices here, against known artefacts:
 - the replacement never contains the pixel itself: the mean of its unmasked 8 neighbours
   (the Noise2Self "donut" interpolation, default; masked neighbours are left out because
   their own replacement holds this pixel's value) or one of its 8 neighbours chosen at
-  random (Noise2Void without the centre); borders are mirrored without repeating the edge
-  pixel, so the centre is never its own neighbour.
+  random (``replace="neighbour"``: Noise2Void without the centre); borders are mirrored
+  without repeating the edge pixel, so the centre is never its own neighbour.
+
+What the replacement decides: a pixel that shows the mean of its neighbours is smoother
+than any real noisy pixel, so the network can tell the hidden pixels apart, and how it
+responds to a pixel's own value is never trained; at inference it sees every pixel's own
+value and lets a share of it through, noise and fine detail alike. A random neighbour looks
+like any other pixel: the network learns to treat the centre like one more neighbour, and
+plain inference then agrees with predicting each pixel while it is hidden (Noise2Self's
+J-invariant inference). Which is better depends on the image (docs/benchmarks.md, "What a
+masked pixel shows"): the share let through helps where the image holds fine detail at
+the pixel scale and hurts on smooth images.
 
 Limits: noise that is correlated between neighbouring pixels (scan-line offsets, jitter,
 detector afterglow) is partly learned as signal and stays in the output.
@@ -33,12 +43,13 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..config import MASK_REPLACEMENTS
 from ..errors import InputError
 from .restoration import LossFn, SampleFn, make_paired_loss_fn, to_tensor
 
 __all__ = ["REPLACEMENTS", "cell_size", "blind_spot_mask", "blind_spot_batch", "denoise_loss", "make_denoise_loss_fn"]
 
-REPLACEMENTS = ("mean", "neighbour")
+REPLACEMENTS = MASK_REPLACEMENTS  # ("mean", "neighbour"): the first is the default
 _NEIGHBOURS = torch.tensor([(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)])
 
 
