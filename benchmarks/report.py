@@ -464,43 +464,54 @@ def plot_restoration(run: dict) -> str:
 REPLACE_TEXT = {"mean": "the mean of their 8 neighbours", "neighbour": "one of their 8 neighbours"}
 
 
-def mask_replace_section(runs: list[dict]) -> list[str]:
-    """Plain versus J-invariant inference after training with each replacement (``blind_spot_replace_*.json``),
-    then the 8-view results of the main table's runs (seed 0, same steps) with each replacement."""
-    plain: dict[tuple[str, str], dict[str, float]] = {}
+def mask_replace_section(runs: list[dict], main: dict | None = None) -> list[str]:
+    """Plain, 8-view and J-invariant inference after training with each replacement (``blind_spot_replace_*.json``;
+    8-view results of the default replacement may come from the main table's runs with the same seed and steps)."""
+    cells: dict[tuple[str, str], dict[str, float]] = {}
     for run in runs:
         for row in run["rows"]:
-            plain.setdefault((row["image"], run["mask_replace"]), {})[row["method"]] = row["psnr"]
-    lines = ["### What a masked pixel shows: one neighbour or the mean of the 8",
-             "",
-             "In self-supervised training a hidden pixel must show the network something other than its own value. "
-             "The mean of the 8 neighbours is smoother than any real noisy pixel, so the network can tell the hidden "
-             "pixels apart, and how it responds to a pixel's own noisy value is never trained; one neighbour chosen at "
-             "random looks like any other pixel. Plain inference shows the network every pixel's own value; "
-             "J-invariant inference (Noise2Self) predicts each pixel with it hidden as in training (16 passes, one per "
-             "cell of the 4 x 4 blind-spot grid). If the two differ much, the network lets a share of each pixel's "
-             f"noise through. Same noise (seed {runs[0]['seed']}) and training ({runs[0]['steps']} steps, bundled "
-             "weights) as the table above, one view; PSNR in dB:",
-             "",
-             "| image | masked pixel shows | plain inference | J-invariant inference | plain minus J-invariant |",
-             "|---|---|---|---|---|"]
-    for (image, replace), cell in plain.items():
-        if "ours" in cell and "ours_jinv" in cell:
-            lines.append(f"| {image} | {REPLACE_TEXT[replace]} | {cell['ours']:.2f} | {cell['ours_jinv']:.2f} | "
-                         f"{cell['ours'] - cell['ours_jinv']:+.2f} |")
-    by_replace: dict[str, dict[str, float]] = {}
-    for path in sorted((HERE / "results").glob("restoration_denoise*.json")):
+            cells.setdefault((row["image"], run["mask_replace"]), {})[row["method"]] = row["psnr"]
+    for path in sorted((HERE / "results").glob("restoration_denoise*.json")):  # same training, already in the table
         run = json.loads(path.read_text())
         if run.get("seed", 0) == runs[0]["seed"] and run["steps"] == runs[0]["steps"]:
             for row in run["rows"]:
-                if row["method"] == "ours_tta":
-                    by_replace.setdefault(run.get("mask_replace", "mean"), {})[row["image"]] = row["psnr"]
-    both = [i for i in by_replace.get("neighbour", {}) if i in by_replace.get("mean", {})]
-    if both:
-        lines += ["", "8-view results of the table above (one neighbour, the default now) against the same runs with the "
-                  "mean (the default before): " + ", ".join(
-                      f"{i} {by_replace['mean'][i]:.2f} -> {by_replace['neighbour'][i]:.2f} dB "
-                      f"({by_replace['neighbour'][i] - by_replace['mean'][i]:+.2f})" for i in both) + "."]
+                key = (row["image"], run.get("mask_replace", "mean"))
+                if row["method"] == "ours_tta" and key in cells:
+                    cells[key].setdefault("ours_tta", row["psnr"])
+    lines = ["### What a masked pixel shows: the mean of its 8 neighbours or one of them",
+             "",
+             "In self-supervised training a hidden pixel must show the network something other than its own value. "
+             "The mean of the 8 neighbours (the default) is smoother than any real noisy pixel, so the network can tell "
+             "the hidden pixels apart, and how it responds to a pixel's own value is never trained; one neighbour "
+             "chosen at random (`--mask-replace neighbour`) looks like any other pixel. Plain inference shows the "
+             "network every pixel's own value; J-invariant inference (Noise2Self) predicts each pixel while it is "
+             "hidden as in training (16 passes, one per cell of the 4 x 4 blind-spot grid). Plain minus J-invariant "
+             "is what the network gains or loses by seeing each pixel's own value, its noise and its fine detail. "
+             f"Same noise (seed {runs[0]['seed']}) and training ({runs[0]['steps']} steps, bundled weights) as the "
+             "main table; PSNR in dB (8-view: the default prediction for a single 2D image):",
+             "",
+             "| image | masked pixel shows | plain inference | 8-view | J-invariant inference | plain minus J-invariant |",
+             "|---|---|---|---|---|---|"]
+    for (image, replace), cell in sorted(cells.items()):
+        if "ours" in cell and "ours_jinv" in cell:
+            tta = f"{cell['ours_tta']:.2f}" if "ours_tta" in cell else "-"
+            lines.append(f"| {image} | {REPLACE_TEXT[replace]} | {cell['ours']:.2f} | {tta} | {cell['ours_jinv']:.2f} | "
+                         f"{cell['ours'] - cell['ours_jinv']:+.2f} |")
+    images = sorted({i for i, _ in cells})
+    diff = [(i, cells[(i, "neighbour")]["ours"] - cells[(i, "mean")]["ours"]) for i in images
+            if "ours" in cells.get((i, "neighbour"), {}) and "ours" in cells.get((i, "mean"), {})]
+    if diff:
+        lines += ["", "Measured: one neighbour minus the mean (plain inference): "
+                  + ", ".join(f"{i} {d:+.2f} dB" for i, d in diff) + "."]
+    if main:
+        table = {(r["image"], r["method"]): r for r in main["rows"]}
+        margins = []
+        for (image, replace), cell in sorted(cells.items()):
+            best = _best_baseline(table, image, "denoise")
+            if "ours_tta" in cell and best:
+                margins.append(f"{image} with {replace} {cell['ours_tta'] - best['psnr']:+.2f} dB vs {best['method']}")
+        if margins:
+            lines += ["", "Measured: 8-view minus the best baseline of the main table: " + ", ".join(margins) + "."]
     lines += ["", f"Device: {runs[0]['device']}, two runs at a time (one per core). Commands (with "
               "`EMSSL_DATA=../shared/data PYTHONPATH=.bench-site:src` in front): "
               + " and ".join(f"`{r['command']}`" for r in runs) + "."]
@@ -670,7 +681,7 @@ def main() -> None:
             lines += [""] + mask_fraction_section(ablation, run)
         replace = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob(f"blind_spot_replace_{task}_*.json"))]
         if replace:
-            lines += [""] + mask_replace_section(replace)
+            lines += [""] + mask_replace_section(replace, run)
         reseed = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob(f"reseed_{task}_*.json"))]
         if reseed:
             lines += [""] + reseed_section(reseed, run)
