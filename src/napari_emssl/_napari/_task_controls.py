@@ -26,6 +26,14 @@ HINTS = {
     "bgremove": "synthetic atom-column pairs matched to the image; a background-free target makes it paired",
     "superres": "learns from the image downscaled further; a high-resolution target makes it paired",
 }
+# what a hidden pixel shows in self-supervised denoising (FinetuneConfig.mask_replace)
+MASK_CHOICES = (
+    ("mean of its neighbours (fine detail)", "mean"),
+    ("one neighbour (smooth images)", "neighbour"),
+)
+MASK_TIP = ("Self-supervised denoising hides pixels from the network. Showing the mean of the neighbours lets a share "
+            "of each pixel's own value through: better on images with fine detail. One neighbour lets none through: "
+            "better on smooth images such as detector images (docs/benchmarks.md).")
 TARGET_TIPS = {
     "denoise": "Optional: a clean (e.g. high-dose) image of the same field of view, in the image's intensity units",
     "bgremove": "Optional: the same field of view without noise and background, in the image's intensity units",
@@ -47,6 +55,12 @@ class TaskRows(QWidget):
         self.factor_combo = QComboBox(parent)
         for f in FACTORS:
             self.factor_combo.addItem(f"x{f}", f)
+        self.mask_combo = QComboBox(parent)
+        for text, value in MASK_CHOICES:
+            self.mask_combo.addItem(text, value)
+        self.mask_combo.setCurrentIndex(self.mask_combo.findData(FinetuneConfig.mask_replace))
+        self.mask_combo.setToolTip(MASK_TIP)
+        self._mask_label = QLabel("Hidden pixels show", parent)
         self.hint = QLabel(parent)
         self.hint.setWordWrap(True)
         self._target_label = QLabel("Target", parent)
@@ -59,6 +73,7 @@ class TaskRows(QWidget):
         self._labels_widgets = labels_row_widgets
         form.addRow(self._target_label, self.target_combo)
         form.addRow(self._factor_label, self.factor_combo)
+        form.addRow(self._mask_label, self.mask_combo)
         self._update()
 
     def task(self) -> str:
@@ -69,6 +84,10 @@ class TaskRows(QWidget):
 
     def factor(self) -> int:
         return int(self.factor_combo.currentData()) if self.task() == "superres" else 1
+
+    def mask_replace(self) -> str:
+        """What a hidden pixel shows in self-supervised denoising (the default for the other tasks)."""
+        return self.mask_combo.currentData() if self.task() == "denoise" else FinetuneConfig.mask_replace
 
     def target_layer(self):
         return self.target_combo.layer() if self.task() != "segment" else None
@@ -86,5 +105,7 @@ class TaskRows(QWidget):
         self.target_combo.setToolTip(TARGET_TIPS.get(task, ""))
         self._factor_label.setVisible(task == "superres")
         self.factor_combo.setVisible(task == "superres")
+        self._mask_label.setVisible(task == "denoise")
+        self.mask_combo.setVisible(task == "denoise")
         self.hint.setText(HINTS[task])
         self.task_changed.emit(task)
