@@ -60,7 +60,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = Path(os.environ.get("EMSSL_DATA", HERE.parents[1] / "shared" / "data"))
 
 from napari_emssl import __version__, api  # noqa: E402
-from napari_emssl.config import FinetuneConfig, PredictConfig  # noqa: E402
+from napari_emssl.config import MASK_REPLACEMENTS, FinetuneConfig, PredictConfig  # noqa: E402
 from napari_emssl.data.degrade import downscale_area, upscale_bicubic  # noqa: E402
 from napari_emssl.tasks.metrics import restoration_metrics  # noqa: E402
 
@@ -249,7 +249,7 @@ def main() -> None:
     parser.add_argument("--n2v-long-epochs", type=int, default=100, help="epochs of the n2v_long method (about our wall time)")
     parser.add_argument("--mask-fraction", type=float, default=FinetuneConfig.mask_fraction,
                         help="blind-spot fraction of our denoiser (default: the package default)")
-    parser.add_argument("--mask-replace", choices=("neighbour", "mean"), default=FinetuneConfig.mask_replace,
+    parser.add_argument("--mask-replace", choices=MASK_REPLACEMENTS, default=FinetuneConfig.mask_replace,
                         help="what a blind-spot pixel of our denoiser shows (default: the package default)")
     parser.add_argument("--tta", action="store_true", help="also score our models with the 8-view test-time average")
     parser.add_argument("--jinv", action="store_true",
