@@ -286,17 +286,28 @@ def bundled_section() -> list[str]:
 BASELINES = {"denoise": ("nlm", "bm3d", "n2v", "n2v_long"), "superres": ("bicubic",)}
 
 
-def _restoration_runs(task: str) -> dict | None:
-    """``restoration_<task>*.json`` merged (runs split over processes): the first file's settings, all rows."""
+def _loss(run: dict) -> str:
+    """The denoising loss a result file was measured with (files without the key were written before it existed)."""
+    return run.get("denoise_loss", "blind-spot")
+
+
+def _restoration_runs(task: str, loss: str | None = None) -> dict | None:
+    """``restoration_<task>*.json`` merged (runs split over processes): the first file's settings, all rows.
+
+    ``loss``: only the files of our denoiser trained with that loss (and the files without our rows).
+    """
     paths = sorted((HERE / "results").glob(f"restoration_{task}*.json"))
-    if not paths:
-        return None
     runs = [json.loads(p.read_text()) for p in paths]
+    if loss is not None:
+        runs = [r for r in runs if _loss(r) == loss or not any(row["method"].startswith("ours") for row in r["rows"])]
+    if not runs:
+        return None
     merged = dict(runs[0], rows=[row for r in runs for row in r["rows"]], images={})
     ours = [r for r in runs if any(row["method"] == "ours" for row in r["rows"])]
     if ours:  # later files replace earlier rows of the same image and method: describe the settings of the last "ours"
         merged.update({k: ours[-1][k] for k in ("steps", "mask_fraction") if k in ours[-1]})
         merged["mask_replace"] = ours[-1].get("mask_replace", "mean")  # files without the key were written before it
+        merged["denoise_loss"] = _loss(ours[-1])
     merged["timing_note"] = next((r["timing_note"] for r in reversed(runs) if r.get("timing_note")), None)  # the latest
     for r in runs:
         merged["images"].update(r["images"])
@@ -326,7 +337,8 @@ def restoration_section(run: dict) -> list[str]:
                     if any(r["method"] == "n2v_long" for r in rows) else "") + "); "
                  f"ours is `emssl finetune --task denoise` with the defaults of the time ({run['steps']} steps, bundled "
                  f"weights, blind-spot share {run.get('mask_fraction', 0.01):g}, masked pixels showing "
-                 f"{REPLACE_TEXT[run.get('mask_replace', 'mean')]}) and ours_random the same from random weights; "
+                 f"{REPLACE_TEXT[run.get('mask_replace', 'mean')]}, {LOSS_TEXT[_loss(run)]}) and ours_random the same "
+                 "from random weights; "
                  "ours_tta is the mean of the 8 flips/rotations, what `emssl predict` and the Apply widget give by default "
                  "for a single 2D image (ours: one view, the default for stacks). The bundled weights were pretrained "
                  "(GAN pretext) on every unlabeled image of the data folder, these four included: ours_random shows the "
@@ -415,7 +427,8 @@ def reseed_section(runs: list[dict], main: dict | None = None) -> list[str]:
              + ", ".join(map(str, sorted({r["seed"] for r in runs}))) + ")"
              + (f", on them and on {len(held_out)} held-out images that played no part in any choice ({', '.join(held_out)})"
                 if held_out else "")
-             + f"; ours with the defaults ({', '.join(map(str, sorted({r['steps'] for r in runs})))} steps), same dose, "
+             + f"; ours with the defaults of the time ({', '.join(map(str, sorted({r['steps'] for r in runs})))} steps, "
+             + " and ".join(sorted({LOSS_TEXT[_loss(r)] for r in runs})) + "), same dose, "
              "read noise and classic baselines as above. The bundled weights ours starts from were pretrained on every "
              "unlabeled image of the data folder (clean, as recorded), which holds the benchmark images"
              + (" and the held-out ones except " + ", ".join(not_seen) + " (the corpus does hold the other ssTEM stack, "
@@ -462,6 +475,45 @@ def plot_restoration(run: dict) -> str:
 
 
 REPLACE_TEXT = {"mean": "the mean of their 8 neighbours", "neighbour": "one of their 8 neighbours"}
+LOSS_TEXT = {"re-visible": "the re-visible loss", "blind-spot": "the blind-spot loss alone"}
+
+
+def loss_section(revisible: dict, blind: dict) -> list[str]:
+    """Our denoiser trained with the re-visible loss against the blind-spot loss alone, same noise, steps and start."""
+    rv = {(r["image"], r["method"]): r for r in revisible["rows"]}
+    bs = {(r["image"], r["method"]): r for r in blind["rows"]}
+    images = [i for i in dict.fromkeys(r["image"] for r in revisible["rows"]) if (i, "ours") in rv and (i, "ours") in bs]
+    if not images:
+        return []
+    lines = ["### Re-visible loss or the blind-spot loss alone",
+             "",
+             "The blind-spot loss trains the network only on pixels it cannot see; how it uses a pixel's own value, "
+             "which plain inference gives it, is never trained (section below: with the mean replacement it lets a "
+             "share of it through, by chance). The re-visible loss (Blind2Unblind, Wang et al. 2022; `--denoise-loss`, "
+             "default `re-visible`) adds a term on the same hidden pixels that ties the network's output for the "
+             "unmasked patch to them, so that share is learned. Same noise (seed 0), start (bundled weights), "
+             f"{revisible['steps']} steps and masked pixels ({REPLACE_TEXT[revisible.get('mask_replace', 'mean')]}) as "
+             "the main table; PSNR in dB / seconds of training and one-view prediction:",
+             "",
+             "| image | blind-spot loss: one view | 8-view | re-visible: one view | 8-view | change (8-view) | "
+             "re-visible 8-view minus the best baseline |",
+             "|---|---|---|---|---|---|---|"]
+    changes = []
+    for i in images:
+        best = _best_baseline(rv, i, "denoise") or _best_baseline(bs, i, "denoise")
+        b1, b8, r1, r8 = bs[(i, "ours")], bs.get((i, "ours_tta")), rv[(i, "ours")], rv.get((i, "ours_tta"))
+        change = r8["psnr"] - b8["psnr"] if b8 and r8 else None
+        if change is not None:
+            changes.append(change)
+        lines.append(f"| {i} | {b1['psnr']:.2f} / {b1['seconds']:.0f} s | {b8['psnr']:.2f} | "
+                     f"{r1['psnr']:.2f} / {r1['seconds']:.0f} s | {r8['psnr']:.2f} | "
+                     + (f"{change:+.2f}" if change is not None else "-") + " | "
+                     + (f"{r8['psnr'] - best['psnr']:+.2f} vs {best['method']}" if best and r8 else "-") + " |")
+    if changes:
+        lines += ["", f"Measured: re-visible minus blind-spot (8-view), mean over the {len(changes)} images "
+                      f"{sum(changes) / len(changes):+.2f} dB. The extra forward pass per step (no backward) costs "
+                      "training time, as the seconds show."]
+    return lines
 
 
 def mask_replace_section(runs: list[dict], main: dict | None = None) -> list[str]:
@@ -473,7 +525,7 @@ def mask_replace_section(runs: list[dict], main: dict | None = None) -> list[str
             cells.setdefault((row["image"], run["mask_replace"]), {})[row["method"]] = row["psnr"]
     for path in sorted((HERE / "results").glob("restoration_denoise*.json")):  # same training, already in the table
         run = json.loads(path.read_text())
-        if run.get("seed", 0) == runs[0]["seed"] and run["steps"] == runs[0]["steps"]:
+        if run.get("seed", 0) == runs[0]["seed"] and run["steps"] == runs[0]["steps"] and _loss(run) == _loss(runs[0]):
             for row in run["rows"]:
                 key = (row["image"], run.get("mask_replace", "mean"))
                 if row["method"] == "ours_tta" and key in cells:
@@ -488,7 +540,8 @@ def mask_replace_section(runs: list[dict], main: dict | None = None) -> list[str
              "hidden as in training (16 passes, one per cell of the 4 x 4 blind-spot grid). Plain minus J-invariant "
              "is what the network gains or loses by seeing each pixel's own value, its noise and its fine detail. "
              f"Same noise (seed {runs[0]['seed']}) and training ({runs[0]['steps']} steps, bundled weights) as the "
-             "main table; PSNR in dB (8-view: the default prediction for a single 2D image):",
+             f"main table, with {LOSS_TEXT[_loss(runs[0])]}; PSNR in dB (8-view: the default prediction for a single 2D "
+             "image):",
              "",
              "| image | masked pixel shows | plain inference | 8-view | J-invariant inference | plain minus J-invariant |",
              "|---|---|---|---|---|---|"]
@@ -539,7 +592,8 @@ def mask_fraction_section(runs: list[dict], baselines: dict | None) -> list[str]
         "### Share of blind-spot pixels in self-supervised denoising",
         "",
         "The same denoising run (bundled GAN start, 600 steps, same noise as above, masked pixels showing "
-        + " and ".join(sorted({REPLACE_TEXT[r.get("mask_replace", "mean")] for r in runs})) + ") with "
+        + " and ".join(sorted({REPLACE_TEXT[r.get("mask_replace", "mean")] for r in runs})) + ", "
+        + " and ".join(sorted({LOSS_TEXT[_loss(r)] for r in runs})) + ") with "
         + " and ".join(f"{f:g}" for f in fractions) + " of the pixels of each patch hidden; PSNR in dB "
         "(`ours_tta`: the 8-view test-time average). The best classic or learned baseline of the table above is "
         "given for reference.",
@@ -674,17 +728,24 @@ def main() -> None:
         lines += [""] + sweep_section(sweep)
     for task in ("denoise", "superres"):
         run = _restoration_runs(task)
+        # the sections below were measured with the blind-spot loss alone: compared with the main table's rows of that loss
+        blind = _restoration_runs(task, loss="blind-spot") if task == "denoise" else None
         if run:
             lines += [""] + restoration_section(run) + ["", f"![PSNR per image and method]({plot_restoration(run)})"]
+        if run and blind and _loss(run) != "blind-spot":
+            lines += [""] + loss_section(run, blind)
+            run_for_ablations = blind
+        else:
+            run_for_ablations = run
         ablation = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob("ablation_mask_fraction_*_*.json"))]
         if task == "denoise" and ablation:
-            lines += [""] + mask_fraction_section(ablation, run)
+            lines += [""] + mask_fraction_section(ablation, run)  # baselines only
         replace = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob(f"blind_spot_replace_{task}_*.json"))]
         if replace:
-            lines += [""] + mask_replace_section(replace, run)
+            lines += [""] + mask_replace_section(replace, run)  # baselines only
         reseed = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob(f"reseed_{task}_*.json"))]
         if reseed:
-            lines += [""] + reseed_section(reseed, run)
+            lines += [""] + reseed_section(reseed, run_for_ablations)  # seed 0 -> 1 with the same loss
     throughput = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob("prediction_throughput_*.json"))]
     if throughput:
         lines += [""] + throughput_section(throughput) + [f"![Prediction throughput]({plot_throughput(throughput)})"]

@@ -27,8 +27,9 @@ method sees only the noisy image:
     as many pixels as our 600 steps of 8 patches of 128 px), and ``n2v_long`` for
     ``--n2v-long-epochs`` (100: about the wall time of ours on this CPU);
   - ``ours``: ``emssl finetune --task denoise`` with every default (bundled GAN-pretrained
-    residual U-Net, blind-spot self-supervision, 600 steps) and ``ours_random`` the same
-    from random weights.
+    residual U-Net, blind-spot self-supervision with the re-visible loss, 1200 steps) and
+    ``ours_random`` the same from random weights; ``--denoise-loss blind-spot`` trains with
+    the blind-spot loss alone (the default before the re-visible one).
   The classic methods are given the true dose and read noise (for the variance
   stabilisation): an advantage over the learned methods, which estimate nothing.
 
@@ -60,7 +61,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = Path(os.environ.get("EMSSL_DATA", HERE.parents[1] / "shared" / "data"))
 
 from napari_emssl import __version__, api  # noqa: E402
-from napari_emssl.config import MASK_REPLACEMENTS, FinetuneConfig, PredictConfig  # noqa: E402
+from napari_emssl.config import DENOISE_LOSSES, MASK_REPLACEMENTS, FinetuneConfig, PredictConfig  # noqa: E402
 from napari_emssl.data.degrade import downscale_area, upscale_bicubic  # noqa: E402
 from napari_emssl.tasks.metrics import restoration_metrics  # noqa: E402
 
@@ -179,7 +180,7 @@ def run_n2v(noisy, args, epochs=None, **_):
 def run_ours(noisy, args, init=None, **_):
     """Fine-tune with the task's defaults, predict; with ``--tta`` also the 8-view average (row ``<method>_tta``)."""
     config = FinetuneConfig(task=args.task, init=init or args.init, device=args.device, preview_every_s=0, steps=args.steps, seed=args.seed,
-                            mask_fraction=args.mask_fraction, mask_replace=args.mask_replace)
+                            mask_fraction=args.mask_fraction, mask_replace=args.mask_replace, denoise_loss=args.denoise_loss)
     result = api.finetune(noisy, config=config)
     out = api.predict(result.model, noisy, PredictConfig(device=args.device, tta=False))
     extra = {"init": result.model.meta["lineage"]["init"].get("init"), "steps": result.steps,
@@ -251,6 +252,8 @@ def main() -> None:
                         help="blind-spot fraction of our denoiser (default: the package default)")
     parser.add_argument("--mask-replace", choices=MASK_REPLACEMENTS, default=FinetuneConfig.mask_replace,
                         help="what a blind-spot pixel of our denoiser shows (default: the package default)")
+    parser.add_argument("--denoise-loss", choices=DENOISE_LOSSES, default=FinetuneConfig.denoise_loss,
+                        help="training loss of our denoiser (default: the package default)")
     parser.add_argument("--tta", action="store_true", help="also score our models with the 8-view test-time average")
     parser.add_argument("--jinv", action="store_true",
                         help="denoise: also score our models with each pixel predicted while hidden (rows <method>_jinv)")
@@ -299,7 +302,8 @@ def main() -> None:
                 "task": args.task, "images": {k: IMAGES[k][1] for k in args.images}, "dose": args.dose, "read": args.read,
                 "steps": args.steps or FinetuneConfig(task=args.task).default_steps, "n2v": {"epochs": args.n2v_epochs,
                 "steps_per_epoch": args.n2v_steps, "long_epochs": args.n2v_long_epochs, "batch": 16, "patch": 64},
-                "seed": args.seed, "mask_fraction": args.mask_fraction, "mask_replace": args.mask_replace, "held_out": [k for k in args.images if k in HELD_OUT],
+                "seed": args.seed, "mask_fraction": args.mask_fraction, "mask_replace": args.mask_replace,
+                "denoise_loss": args.denoise_loss, "held_out": [k for k in args.images if k in HELD_OUT],
                 "not_pretrained_on": [k for k in args.images if k in NOT_PRETRAINED_ON],
                 "device": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, "
                           f"{torch.get_num_threads()} threads",

@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from . import __version__
-from .config import MASK_REPLACEMENTS, METHODS, TASKS, FinetuneConfig, PretrainConfig
+from .config import DENOISE_LOSSES, MASK_REPLACEMENTS, METHODS, TASKS, FinetuneConfig, PretrainConfig
 from .errors import EmsslError
 
 EXIT_OK, EXIT_ERROR, EXIT_CANCELLED = 0, 1, 130
@@ -80,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="self-supervised denoising: what a hidden pixel shows the network, the mean of its 8 "
                          "neighbours (default) or one of them; 'neighbour' lets none of a pixel's own noise through, "
                          "better on smooth images (see docs/benchmarks.md)")
+    ft.add_argument("--denoise-loss", choices=DENOISE_LOSSES, default=FinetuneConfig.denoise_loss,
+                    help="self-supervised denoising: 're-visible' (default: the blind-spot loss plus a term that "
+                         "teaches the network how much of each pixel's own value to use) or 'blind-spot' (the "
+                         "blind-spot loss alone, about 30 %% faster to train; see docs/benchmarks.md)")
     common(ft)
 
     pr = sub.add_parser("predict", help="apply a model to images, folders or globs; writes OUT/<input stem>.tif",

@@ -136,8 +136,11 @@ def _init_task(init: str) -> str | None:
 
 
 def _loss_fn(config: FinetuneConfig, norm: np.ndarray, tnorm: np.ndarray | None, patch: int, multiple: int,
-             device: torch.device) -> tuple[Any, dict[str, Any]]:
-    """The trainer's loss function for the task and mode, and what to report about it."""
+             device: torch.device, progress) -> tuple[Any, dict[str, Any]]:
+    """The trainer's loss function for the task and mode, and what to report about it.
+
+    ``progress()`` is the share of the training done (the re-visible denoising loss ramps with it).
+    """
     task, bs, seed = config.task, config.batch_size, config.seed
     if tnorm is not None and task != "superres":  # paired patches must fit inside the image
         patch = min(patch, min(norm.shape[-2:]) // multiple * multiple)
@@ -145,9 +148,9 @@ def _loss_fn(config: FinetuneConfig, norm: np.ndarray, tnorm: np.ndarray | None,
         if tnorm is None:
             sampler = PatchSampler(norm, None, patch, seed=seed, intensity=False, noise=False)
             loss = denoise.make_denoise_loss_fn(sampler.sample, bs, device, seed=seed, fraction=config.mask_fraction,
-                                                replace=config.mask_replace)
+                                                replace=config.mask_replace, loss=config.denoise_loss, progress=progress)
             return loss, {"mode": "self-supervised (blind spot)", "mask_fraction": config.mask_fraction,
-                          "mask_replace": config.mask_replace}
+                          "mask_replace": config.mask_replace, "denoise_loss": config.denoise_loss}
         sampler = PairedPatchSampler(norm, tnorm, patch, seed=seed, noise=False)
         return denoise.make_denoise_loss_fn(sampler.sample, bs, device, paired=True), {"mode": "paired"}
     if task == "bgremove":
@@ -207,8 +210,9 @@ def iter_finetune_restoration(
     patch = _round_up(config.patch_size, _lcm(multiple, factor))
     norm, stats = percentile_normalize(image, NORMALIZATION["low"], NORMALIZATION["high"])
     tnorm = normalize_target(target, stats, task) if target is not None else None
-    loss_fn, mode_info = _loss_fn(config, norm, tnorm, patch, multiple, device)
     total_steps = _total_steps(config, image, patch)
+    state = TrainState()
+    loss_fn, mode_info = _loss_fn(config, norm, tnorm, patch, multiple, device, lambda: state.step / total_steps)
     tile, overlap = choose_tiling(net.receptive_field, config.tile, multiple)
     fn = forward_fn(net, device, amp=config.amp, activation="none")
     z_preview = None
@@ -227,7 +231,7 @@ def iter_finetune_restoration(
         info={"task": task, "arch": net.arch_name, "patch_size": patch, "receptive_field": net.receptive_field,
               "factor": factor, **mode_info, **init_info},
     )
-    state, started = TrainState(), time.perf_counter()
+    started = time.perf_counter()
     yield from _train_events(net, loss_fn, config, total_steps, device, cancel, preview_fn, state)
     metrics: dict[str, Any] = {}
     if target is not None and not state.cancelled:

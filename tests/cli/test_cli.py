@@ -258,9 +258,11 @@ def test_denoise_and_superres_round_trip(capsys, files, tmp_path):
     assert "self-supervised" in err and "model written to" in out
     assert json.loads((tmp_path / "dn" / "model.json").read_text())["lineage"]["finetune"]["mask_replace"] == "mean"
     code, out, err = run(capsys, "finetune", "--task", "denoise", "--image", files["image"], "--out", tmp_path / "dn_nb",
-                         "--steps", "2", "--mask-replace", "neighbour", *TINY)
+                         "--steps", "2", "--mask-replace", "neighbour", "--denoise-loss", "blind-spot", *TINY)
     assert code == 0, err
-    assert json.loads((tmp_path / "dn_nb" / "model.json").read_text())["lineage"]["finetune"]["mask_replace"] == "neighbour"
+    lineage = json.loads((tmp_path / "dn_nb" / "model.json").read_text())["lineage"]["finetune"]
+    assert lineage["mask_replace"] == "neighbour" and lineage["denoise_loss"] == "blind-spot"
+    assert json.loads((tmp_path / "dn" / "model.json").read_text())["lineage"]["finetune"]["denoise_loss"] == "re-visible"
     code, out, err = run(capsys, "predict", "--model", tmp_path / "dn", "--input", files["image"], "--out", tmp_path / "p",
                          "--device", "cpu", "--keep-dtype")
     assert code == 0, err

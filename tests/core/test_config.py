@@ -52,6 +52,7 @@ def test_defaults_are_valid():
         ({"schema_version": 2}, "unknown configuration schema version 2"),
         ({"mask_replace": "median"}, "mask_replace must be one of mean, neighbour"),
         ({"mask_replace": None}, "mask_replace must be one of"),
+        ({"denoise_loss": "n2v"}, "denoise_loss must be one of re-visible, blind-spot"),
     ],
 )
 def test_finetune_config_rejects_bad_values(changes, words):

@@ -66,6 +66,46 @@ def test_neighbour_replacement_shows_one_of_the_eight_neighbours():
     assert denoise.REPLACEMENTS[0] == FinetuneConfig().mask_replace == "mean"  # the default, in both places
 
 
+def test_revisible_weight_is_constant_then_rises_to_its_end_value():
+    assert denoise.revisible_beta(0.0) == denoise.revisible_beta(0.8) == 2.0
+    assert denoise.revisible_beta(0.9) == pytest.approx(11.0)
+    assert denoise.revisible_beta(1.0) == denoise.revisible_beta(1.5) == 20.0
+    assert denoise.LOSSES[0] == FinetuneConfig().denoise_loss == "re-visible"  # the default, in both places
+
+
+def test_revisible_loss_is_the_blind_spot_loss_plus_a_term_on_the_visible_output():
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(1, 1, 3, padding=1)
+    images = torch.rand(2, 1, 16, 16)
+
+    def losses(fn, **kw):
+        net.zero_grad()
+        out = fn(net, images, fraction=1 / 16, generator=torch.Generator().manual_seed(5), **kw)
+        out.get("objective", out["loss"]).backward()
+        return out, net.weight.grad.clone()
+
+    plain, plain_grad = losses(denoise.denoise_loss)
+    zero, zero_grad = losses(denoise.revisible_loss, beta=0.0)
+    # beta 0: the second term is the first again (same masks), and the shown loss is the blind-spot loss
+    assert zero["loss"].item() == pytest.approx(plain["loss"].item())
+    assert zero["objective"].item() == pytest.approx(2 * plain["loss"].item())
+    torch.testing.assert_close(zero_grad, 2 * plain_grad)
+    high, high_grad = losses(denoise.revisible_loss, beta=20.0)
+    # the term holds the visible output: the objective grows with beta, its gradient flows through the masked pass only
+    assert high["loss"].item() == pytest.approx(plain["loss"].item()) and high["objective"].item() > 10 * zero["objective"].item()
+    masked, mask = denoise.blind_spot_batch(images, 1 / 16, generator=torch.Generator().manual_seed(5))
+    net.zero_grad()
+    blind = net(masked)
+    with torch.no_grad():
+        visible = net(images)
+    diff = blind - images
+    w = mask.float()
+    expected = ((diff**2 + (diff + 20.0 * (visible - images)) ** 2) * w).sum() / w.sum()
+    expected.backward()
+    assert high["objective"].item() == pytest.approx(expected.item(), rel=1e-5)
+    torch.testing.assert_close(high_grad, net.weight.grad)
+
+
 def test_blind_spot_mask_is_stratified_without_a_fixed_lattice():
     gen = torch.Generator().manual_seed(1)
     mask = denoise.blind_spot_mask((64, 1, 40, 40), 1 / 16, generator=gen)
@@ -90,6 +130,11 @@ def test_denoise_self_supervised_loss_falls_and_output_keeps_units(tiny_config):
     assert result.model.meta["task"] == "denoise"
     assert result.model.meta["lineage"]["finetune"]["mode"].startswith("self-supervised")
     assert result.model.meta["lineage"]["finetune"]["mask_replace"] == "mean"
+    assert result.model.meta["lineage"]["finetune"]["denoise_loss"] == "re-visible"
+    # the re-visible weight follows the run's progress: 2 for 80 % of the steps, then up to 20 at the last step
+    betas = [row["beta"] for row in result.model.log]
+    assert betas[0] == betas[47] == 2.0 and betas[-1] == pytest.approx(20.0 - 18.0 / 12) and betas == sorted(betas)
+    assert all(row["objective"] >= row["loss"] for row in result.model.log)
     pred = api.predict(result.model, noisy, PredictConfig(device="cpu"))
     assert pred.image.shape == noisy.shape and pred.image.dtype == np.float32
     assert pred.labels is None and pred.scale_factor == 1

@@ -11,6 +11,7 @@ from napari_emssl.engine.cancel import CancelToken
 from napari_emssl.engine.events import Preview, StepEnd
 from napari_emssl.engine.model_dir import load_model
 from napari_emssl.engine.trainer import TrainState, train, warmup_cosine
+from napari_emssl.errors import DivergedError
 
 CPU = torch.device("cpu")
 
@@ -43,6 +44,30 @@ def _regression(seed=0):
         return {"loss": loss, "mse": loss.detach()}
 
     return net, loss_fn
+
+
+def test_objective_is_optimised_and_loss_is_what_is_shown():
+    """A loss dict with ``objective``: the loop follows its gradient and reports ``loss`` as given."""
+    torch.manual_seed(0)
+    net = torch.nn.Linear(1, 1)
+    gen = torch.Generator().manual_seed(0)
+
+    def loss_fn(model):
+        x = torch.rand(16, 1, generator=gen)
+        fit = ((model(x) - (3 * x - 1)) ** 2).mean()
+        return {"objective": fit, "loss": torch.tensor(7.0)}  # a shown value without gradient: only the objective trains
+
+    state = TrainState()
+    events = list(train(net, loss_fn, total_steps=150, device=CPU, lr=0.1, state=state))
+    assert all(e.losses["loss"] == 7.0 for e in events)
+    assert state.log[-1]["objective"] < 0.05 * state.log[0]["objective"]
+    assert net.weight.item() == pytest.approx(3.0, abs=0.3)
+
+    def diverging(model):
+        return {"objective": model.weight.sum() * float("nan"), "loss": torch.tensor(1.0)}
+
+    with pytest.raises(DivergedError, match="nan"):
+        list(train(net, diverging, total_steps=2, device=CPU, lr=0.1))
 
 
 def test_train_yields_steps_and_learns():

@@ -23,6 +23,9 @@ RESTORATION_TASKS = ("denoise", "bgremove", "superres")
 FACTORS = (2, 4)
 #: what a blind-spot pixel shows the network in self-supervised denoising (see ``tasks/denoise.py``)
 MASK_REPLACEMENTS = ("mean", "neighbour")
+#: the training loss of self-supervised denoising (see ``tasks/denoise.py``): blind spot plus the re-visible term, or the
+#: blind-spot loss alone
+DENOISE_LOSSES = ("re-visible", "blind-spot")
 #: test-time augmentation is on by default for inputs of at most this many pixels (one 4096 x 4096 image)
 TTA_AUTO_MAX_PIXELS = 4096 * 4096
 
@@ -74,6 +77,9 @@ class FinetuneConfig:
     mask_fraction: float = 0.0625  # self-supervised denoising: share of pixels masked (blind spots) per patch
     # self-supervised denoising: a masked pixel shows the mean of its 8 neighbours ("mean") or one of them ("neighbour")
     mask_replace: str = "mean"
+    # self-supervised denoising: "re-visible" (blind spot + the re-visible term: the network learns how much of a
+    # pixel's own value to use) or "blind-spot" (the blind-spot loss alone, the default before 0.1.0)
+    denoise_loss: str = "re-visible"
     schema_version: int = SCHEMA_VERSION
 
     DEFAULT_STEPS = 600
@@ -103,6 +109,8 @@ class FinetuneConfig:
             raise InputError(f"mask_fraction must be in (0, 0.25], got {self.mask_fraction}")
         if self.mask_replace not in MASK_REPLACEMENTS:
             raise InputError(f"mask_replace must be one of {', '.join(MASK_REPLACEMENTS)}, got {self.mask_replace!r}")
+        if self.denoise_loss not in DENOISE_LOSSES:
+            raise InputError(f"denoise_loss must be one of {', '.join(DENOISE_LOSSES)}, got {self.denoise_loss!r}")
         if self.patch_size < 16:
             raise InputError(f"patch_size must be at least 16 pixels, got {self.patch_size}")
         for name in ("lr", "weight_decay", "dice_weight", "preview_every_s"):

@@ -1,7 +1,10 @@
 """One visible training loop, written as a generator of events.
 
 The loop knows nothing about tasks: ``loss_fn(net)`` draws a batch and returns a dict of
-loss tensors with the key ``loss`` (what is optimised). The loop owns the optimiser
+loss tensors with the key ``loss``: what is optimised and shown (live plot, progress), unless
+the dict also holds ``objective``, which is then optimised while ``loss`` stays what is shown
+(a loss whose optimised form changes scale during training, such as the re-visible denoising
+loss, shows a comparable number). The loop owns the optimiser
 (AdamW), the schedule (linear warm-up then cosine), AMP on CUDA, cancellation (checked
 every step) and timed live previews.
 
@@ -31,6 +34,8 @@ from ..errors import DeviceMemoryError, DivergedError
 from .cancel import CancelToken
 from .device import autocast, is_out_of_memory, release, release_device_memory
 from .events import Event, Preview, StepEnd
+
+OBJECTIVE = "objective"  # the key of a loss dict optimised instead of "loss" when present (see the module docstring)
 
 
 @dataclass
@@ -78,7 +83,7 @@ def _forward_backward(net, loss_fn, device, amp: bool, step: int, sizes: list[in
             losses = loss_fn(net)
         values = {k: float(v.detach()) for k, v in losses.items()}
         _check_finite(values, step)
-        losses["loss"].backward()
+        losses.get(OBJECTIVE, losses["loss"]).backward()
         return values
     values: dict[str, float] = {}
     for n in sizes:
@@ -87,7 +92,7 @@ def _forward_backward(net, loss_fn, device, amp: bool, step: int, sizes: list[in
         part = {k: float(v.detach()) for k, v in losses.items()}
         _check_finite(part, step)
         weight = n / batch_size
-        (losses["loss"] * weight).backward()
+        (losses.get(OBJECTIVE, losses["loss"]) * weight).backward()
         del losses
         for k, v in part.items():
             values[k] = values.get(k, 0.0) + weight * v
@@ -95,8 +100,9 @@ def _forward_backward(net, loss_fn, device, amp: bool, step: int, sizes: list[in
 
 
 def _check_finite(values: dict[str, float], step: int) -> None:
-    if not math.isfinite(values["loss"]):  # checked before the update, so the weights stay usable
-        raise DivergedError(f"the training loss became {values['loss']} at step {step}; try a lower learning rate")
+    for key in ("loss", OBJECTIVE):  # checked before the update, so the weights stay usable
+        if key in values and not math.isfinite(values[key]):
+            raise DivergedError(f"the training loss became {values[key]} at step {step}; try a lower learning rate")
 
 
 def train(
