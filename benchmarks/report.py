@@ -291,6 +291,16 @@ def _loss(run: dict) -> str:
     return run.get("denoise_loss", "blind-spot")
 
 
+def _denoise_command(run: dict) -> str:
+    """The recorded command, reproducing it with today's defaults: runs of our denoiser measured before the loss
+    could be chosen used the blind-spot loss alone, which now needs ``--denoise-loss blind-spot``."""
+    command = run["command"]
+    ours = any(row["method"].startswith("ours") for row in run["rows"])
+    if run.get("task") == "denoise" and ours and "denoise_loss" not in run and "--denoise-loss" not in command:
+        command += " --denoise-loss blind-spot"
+    return command
+
+
 def _restoration_runs(task: str, loss: str | None = None) -> dict | None:
     """``restoration_<task>*.json`` merged (runs split over processes): the first file's settings, all rows.
 
@@ -315,7 +325,7 @@ def _restoration_runs(task: str, loss: str | None = None) -> dict | None:
         if "n2v" in r:
             merged["n2v"] = {**r["n2v"], **merged.get("n2v", {})} if "long_epochs" not in r["n2v"] else \
                 {**merged.get("n2v", {}), "long_epochs": r["n2v"]["long_epochs"]}
-    commands = [r["command"] for r in runs]
+    commands = [_denoise_command(r) for r in runs]
     merged["command"] = "` and `".join(dict.fromkeys(commands))
     return merged
 
@@ -372,6 +382,9 @@ def restoration_section(run: dict) -> list[str]:
     return lines
 
 
+REVISIBLE_LABEL = "ours_re-visible"  # the reseed table's name for our rows trained with the re-visible loss
+
+
 def _restoration_table(rows: list[dict], task: str) -> list[str]:
     """PSNR / SSIM / seconds per image and method, then ours (and ours_tta) minus the best baseline per image."""
     images = list(dict.fromkeys(r["image"] for r in rows))
@@ -385,7 +398,7 @@ def _restoration_table(rows: list[dict], task: str) -> list[str]:
             r = cell.get((image, m))
             cells.append(f"{r['psnr']:.2f} / {r['ssim']:.3f} / {r['seconds']:.0f} s" if r else "-")
         lines.append(f"| {image} | " + " | ".join(cells) + " |")
-    for variant in ("ours", "ours_tta"):
+    for variant in ("ours", "ours_tta", REVISIBLE_LABEL, f"{REVISIBLE_LABEL}_tta"):
         margins = []
         for image in images:
             ours, best = cell.get((image, variant)), _best_baseline(cell, image, task)
@@ -414,7 +427,10 @@ def _best_margin(rows: list[dict], image: str, method: str = "ours_tta") -> floa
 def reseed_section(runs: list[dict], main: dict | None = None) -> list[str]:
     """Denoising with another noise draw, on the benchmark images and on held-out ones (``reseed_denoise_*.json``)."""
     held_out = sorted({k for r in runs for k in r.get("held_out", [])})
-    rows = [row for r in runs for row in r["rows"]]
+    # rows of our denoiser trained with the re-visible loss get their own columns (the older runs: blind-spot loss alone)
+    rows = [dict(row, method=row["method"].replace("ours", REVISIBLE_LABEL, 1))
+            if _loss(r) == "re-visible" and row["method"].startswith("ours") else row
+            for r in runs for row in r["rows"]]
     order = list(dict.fromkeys(r["image"] for r in rows))
     rows.sort(key=lambda r: (r["image"] in held_out, order.index(r["image"])))  # the benchmark's images first
     shown = list(dict.fromkeys(r["image"] for r in rows))
@@ -449,7 +465,7 @@ def reseed_section(runs: list[dict], main: dict | None = None) -> list[str]:
     lines += ["", f"Device: {runs[0]['device']}, two runs at a time (one per core). Images: "
               + "; ".join(f"{k}: {v}" for k, v in images.items()) + ".",
               "Commands (with `EMSSL_DATA=../shared/data PYTHONPATH=.bench-site:src` in front): "
-              + " and ".join(f"`{r['command']}`" for r in runs) + "."]
+              + " and ".join(f"`{_denoise_command(r)}`" for r in runs) + "."]
     return lines
 
 
@@ -478,41 +494,56 @@ REPLACE_TEXT = {"mean": "the mean of their 8 neighbours", "neighbour": "one of t
 LOSS_TEXT = {"re-visible": "the re-visible loss", "blind-spot": "the blind-spot loss alone"}
 
 
-def loss_section(revisible: dict, blind: dict) -> list[str]:
-    """Our denoiser trained with the re-visible loss against the blind-spot loss alone, same noise, steps and start."""
-    rv = {(r["image"], r["method"]): r for r in revisible["rows"]}
-    bs = {(r["image"], r["method"]): r for r in blind["rows"]}
-    images = [i for i in dict.fromkeys(r["image"] for r in revisible["rows"]) if (i, "ours") in rv and (i, "ours") in bs]
-    if not images:
-        return []
+def loss_section(revisible: dict, blind: dict, neighbour: list[dict] | None = None,
+                 neighbour_blind: list[dict] | None = None) -> list[str]:
+    """Our denoiser trained with the re-visible loss against the blind-spot loss alone, same noise, steps and start.
+
+    ``neighbour``: re-visible runs with ``--mask-replace neighbour`` (``revisible_neighbour_denoise_*.json``), compared
+    with the blind-spot runs of that replacement (``blind_spot_replace_denoise_neighbour*.json``).
+    """
+    def cells(rows):  # later files replace earlier rows of the same image and method, as in the main table
+        return {(row["image"], row["method"]): row for row in rows}
+
+    main_rv, main_bs = cells(revisible["rows"]), cells(blind["rows"])
+    variants = [("mean", main_rv, main_bs)]
+    if neighbour and neighbour_blind:
+        variants.append(("neighbour", cells([r for run in neighbour for r in run["rows"]]),
+                         cells([r for run in neighbour_blind for r in run["rows"]])))
     lines = ["### Re-visible loss or the blind-spot loss alone",
              "",
              "The blind-spot loss trains the network only on pixels it cannot see; how it uses a pixel's own value, "
-             "which plain inference gives it, is never trained (section below: with the mean replacement it lets a "
+             "which plain inference gives it, is never trained (section \"What a masked pixel shows\": with the mean replacement it lets a "
              "share of it through, by chance). The re-visible loss (Blind2Unblind, Wang et al. 2022; `--denoise-loss`, "
              "default `re-visible`) adds a term on the same hidden pixels that ties the network's output for the "
-             "unmasked patch to them, so that share is learned. Same noise (seed 0), start (bundled weights), "
-             f"{revisible['steps']} steps and masked pixels ({REPLACE_TEXT[revisible.get('mask_replace', 'mean')]}) as "
-             "the main table; PSNR in dB / seconds of training and one-view prediction:",
+             "unmasked patch to them, so that share is learned. Same noise (seed 0), start (bundled weights) and "
+             f"{revisible['steps']} steps as the main table; PSNR in dB / seconds of training and one-view prediction:",
              "",
-             "| image | blind-spot loss: one view | 8-view | re-visible: one view | 8-view | change (8-view) | "
-             "re-visible 8-view minus the best baseline |",
-             "|---|---|---|---|---|---|---|"]
+             "| image | masked pixels show | blind-spot loss: one view | 8-view | re-visible: one view | 8-view | "
+             "change (8-view) | re-visible 8-view minus the best baseline |",
+             "|---|---|---|---|---|---|---|---|"]
     changes = []
-    for i in images:
-        best = _best_baseline(rv, i, "denoise") or _best_baseline(bs, i, "denoise")
-        b1, b8, r1, r8 = bs[(i, "ours")], bs.get((i, "ours_tta")), rv[(i, "ours")], rv.get((i, "ours_tta"))
-        change = r8["psnr"] - b8["psnr"] if b8 and r8 else None
-        if change is not None:
-            changes.append(change)
-        lines.append(f"| {i} | {b1['psnr']:.2f} / {b1['seconds']:.0f} s | {b8['psnr']:.2f} | "
-                     f"{r1['psnr']:.2f} / {r1['seconds']:.0f} s | {r8['psnr']:.2f} | "
-                     + (f"{change:+.2f}" if change is not None else "-") + " | "
-                     + (f"{r8['psnr'] - best['psnr']:+.2f} vs {best['method']}" if best and r8 else "-") + " |")
+    for replace, rv, bs in variants:
+        for i in dict.fromkeys(image for image, _ in rv):
+            r1, r8, b1, b8 = rv.get((i, "ours")), rv.get((i, "ours_tta")), bs.get((i, "ours")), bs.get((i, "ours_tta"))
+            if not (r1 and b1):
+                continue
+            best = _best_baseline(main_rv, i, "denoise")
+            change = r8["psnr"] - b8["psnr"] if b8 and r8 else None
+            if change is not None and replace == "mean":
+                changes.append(change)
+            lines.append(f"| {i} | {REPLACE_TEXT[replace]} | {b1['psnr']:.2f} / {b1['seconds']:.0f} s | "
+                         + (f"{b8['psnr']:.2f}" if b8 else "-") + f" | {r1['psnr']:.2f} / {r1['seconds']:.0f} s | "
+                         + (f"{r8['psnr']:.2f}" if r8 else "-") + " | " + (f"{change:+.2f}" if change is not None else "-")
+                         + " | " + (f"{r8['psnr'] - best['psnr']:+.2f} vs {best['method']}" if best and r8 else "-") + " |")
     if changes:
-        lines += ["", f"Measured: re-visible minus blind-spot (8-view), mean over the {len(changes)} images "
-                      f"{sum(changes) / len(changes):+.2f} dB. The extra forward pass per step (no backward) costs "
-                      "training time, as the seconds show."]
+        lines += ["", f"Measured: re-visible minus blind-spot loss (8-view, the mean replacement, the default), mean over "
+                      f"the {len(changes)} images {sum(changes) / len(changes):+.2f} dB. The loss needs one more forward "
+                      "pass per step (no backward): the training seconds above."]
+    commands = [run["command"] for run in (neighbour or [])]
+    if commands:
+        lines += ["", "Commands of the re-visible rows: those of the main table, and "
+                  + " and ".join(f"`{c}`" for c in commands) + "; the blind-spot rows: the main table's earlier runs "
+                  "(`--denoise-loss blind-spot`) and those of section \"What a masked pixel shows\"."]
     return lines
 
 
@@ -567,7 +598,7 @@ def mask_replace_section(runs: list[dict], main: dict | None = None) -> list[str
             lines += ["", "Measured: 8-view minus the best baseline of the main table: " + ", ".join(margins) + "."]
     lines += ["", f"Device: {runs[0]['device']}, two runs at a time (one per core). Commands (with "
               "`EMSSL_DATA=../shared/data PYTHONPATH=.bench-site:src` in front): "
-              + " and ".join(f"`{r['command']}`" for r in runs) + "."]
+              + " and ".join(f"`{_denoise_command(r)}`" for r in runs) + "."]
     return lines
 
 
@@ -578,7 +609,7 @@ def mask_fraction_section(runs: list[dict], baselines: dict | None) -> list[str]
     for run in runs:
         fraction = float(run["mask_fraction"])
         fractions.add(fraction)
-        commands.append(run["command"])
+        commands.append(_denoise_command(run))
         for row in run["rows"]:
             cells.setdefault((row["image"], row["method"]), {})[fraction] = row["psnr"]
     fractions = sorted(fractions)
@@ -733,7 +764,10 @@ def main() -> None:
         if run:
             lines += [""] + restoration_section(run) + ["", f"![PSNR per image and method]({plot_restoration(run)})"]
         if run and blind and _loss(run) != "blind-spot":
-            lines += [""] + loss_section(run, blind)
+            results = HERE / "results"
+            neighbour = [json.loads(p.read_text()) for p in sorted(results.glob(f"revisible_neighbour_{task}_*.json"))]
+            neighbour_blind = [json.loads(p.read_text()) for p in sorted(results.glob(f"blind_spot_replace_{task}_neighbour*.json"))]
+            lines += [""] + loss_section(run, blind, neighbour, neighbour_blind)
             run_for_ablations = blind
         else:
             run_for_ablations = run
