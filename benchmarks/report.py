@@ -444,7 +444,9 @@ def reseed_section(runs: list[dict], main: dict | None = None) -> list[str]:
              + (f", on them and on {len(held_out)} held-out images that played no part in any choice ({', '.join(held_out)})"
                 if held_out else "")
              + f"; ours with the defaults of the time ({', '.join(map(str, sorted({r['steps'] for r in runs})))} steps, "
-             + " and ".join(sorted({LOSS_TEXT[_loss(r)] for r in runs})) + "), same dose, "
+             + ("the blind-spot loss alone; the columns " + REVISIBLE_LABEL + ": with the re-visible loss, the default now"
+                if any(_loss(r) == "re-visible" for r in runs) else " and ".join(sorted({LOSS_TEXT[_loss(r)] for r in runs})))
+             + "), same dose, "
              "read noise and classic baselines as above. The bundled weights ours starts from were pretrained on every "
              "unlabeled image of the data folder (clean, as recorded), which holds the benchmark images"
              + (" and the held-out ones except " + ", ".join(not_seen) + " (the corpus does hold the other ssTEM stack, "
