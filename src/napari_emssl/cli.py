@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                          f"(default {FinetuneConfig.mask_fraction:g})")
     ft.add_argument("--mask-replace", choices=MASK_REPLACEMENTS, default=FinetuneConfig.mask_replace,
                     help="self-supervised denoising: what a hidden pixel shows the network, the mean of its 8 "
-                         "neighbours (default) or one of them; 'neighbour' lets none of a pixel's own noise through, "
+                         "neighbours (default) or one of them; 'neighbour' hides the pixel completely, "
                          "better on smooth images (see docs/benchmarks.md)")
     ft.add_argument("--denoise-loss", choices=DENOISE_LOSSES, default=FinetuneConfig.denoise_loss,
                     help="self-supervised denoising: 're-visible' (default: the blind-spot loss plus a term that "

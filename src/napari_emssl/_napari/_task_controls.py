@@ -31,9 +31,9 @@ MASK_CHOICES = (
     ("mean of its neighbours (fine detail)", "mean"),
     ("one neighbour (smooth images)", "neighbour"),
 )
-MASK_TIP = ("Self-supervised denoising hides pixels from the network. Showing the mean of the neighbours lets a share "
-            "of each pixel's own value through: better on images with fine detail. One neighbour lets none through: "
-            "better on smooth images such as detector images (docs/benchmarks.md).")
+MASK_TIP = ("Self-supervised denoising hides pixels from the network. Showing the mean of the neighbours lets the "
+            "network learn how much of each pixel's own value to use: better on images with fine detail. One neighbour "
+            "hides them completely: better on smooth images such as detector images (docs/benchmarks.md).")
 TARGET_TIPS = {
     "denoise": "Optional: a clean (e.g. high-dose) image of the same field of view, in the image's intensity units",
     "bgremove": "Optional: the same field of view without noise and background, in the image's intensity units",
