@@ -291,12 +291,16 @@ def _loss(run: dict) -> str:
     return run.get("denoise_loss", "blind-spot")
 
 
+def _has_ours(run: dict) -> bool:
+    """Whether a result file holds rows of our own method (ours, ours_tta, ours_random, ...)."""
+    return any(row["method"].startswith("ours") for row in run["rows"])
+
+
 def _denoise_command(run: dict) -> str:
     """The recorded command, reproducing it with today's defaults: runs of our denoiser measured before the loss
     could be chosen used the blind-spot loss alone, which now needs ``--denoise-loss blind-spot``."""
     command = run["command"]
-    ours = any(row["method"].startswith("ours") for row in run["rows"])
-    if run.get("task") == "denoise" and ours and "denoise_loss" not in run and "--denoise-loss" not in command:
+    if run.get("task") == "denoise" and _has_ours(run) and "denoise_loss" not in run and "--denoise-loss" not in command:
         command += " --denoise-loss blind-spot"
     return command
 
@@ -309,7 +313,7 @@ def _restoration_runs(task: str, loss: str | None = None) -> dict | None:
     paths = sorted((HERE / "results").glob(f"restoration_{task}*.json"))
     runs = [json.loads(p.read_text()) for p in paths]
     if loss is not None:
-        runs = [r for r in runs if _loss(r) == loss or not any(row["method"].startswith("ours") for row in r["rows"])]
+        runs = [r for r in runs if _loss(r) == loss or not _has_ours(r)]
     if not runs:
         return None
     merged = dict(runs[0], rows=[row for r in runs for row in r["rows"]], images={})

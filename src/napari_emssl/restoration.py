@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +136,7 @@ def _init_task(init: str) -> str | None:
 
 
 def _loss_fn(config: FinetuneConfig, norm: np.ndarray, tnorm: np.ndarray | None, patch: int, multiple: int,
-             device: torch.device, progress) -> tuple[Any, dict[str, Any]]:
+             device: torch.device, progress: Callable[[], float]) -> tuple[Any, dict[str, Any]]:
     """The trainer's loss function for the task and mode, and what to report about it.
 
     ``progress()`` is the share of the training done (the re-visible denoising loss ramps with it).

@@ -169,9 +169,13 @@ def denoise_loss(
     masked, mask = blind_spot_batch(images, fraction, generator=generator, replace=replace)
     pred = net(masked).float()
     weight = mask.to(pred.dtype)
-    n = weight.sum() * pred.shape[1]
-    loss = (((pred - images.float()) ** 2) * weight).sum() / n.clamp_min(1.0)
+    loss = _masked_mean((pred - images.float()) ** 2, weight)
     return {"loss": loss, "masked_fraction": weight.mean().detach()}
+
+
+def _masked_mean(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` ``(B, C, H, W)`` over the masked pixels (``weight`` ``(B, 1, H, W)``, 1 where masked) and channels."""
+    return (values * weight).sum() / (weight.sum() * values.shape[1]).clamp_min(1.0)
 
 
 def revisible_beta(progress: float, start: float = REVISIBLE_BETA[0], end: float = REVISIBLE_BETA[1],
@@ -205,10 +209,9 @@ def revisible_loss(
         visible = net(images).float()
     target = images.float()
     weight = mask.to(blind.dtype)
-    n = (weight.sum() * blind.shape[1]).clamp_min(1.0)
     diff = blind - target
-    blind_term = ((diff**2) * weight).sum() / n
-    revisible = (((diff + beta * (visible - target)) ** 2) * weight).sum() / n
+    blind_term = _masked_mean(diff**2, weight)
+    revisible = _masked_mean((diff + beta * (visible - target)) ** 2, weight)
     return {"objective": blind_term + revisible, "loss": blind_term.detach(),
             "beta": torch.tensor(float(beta)), "masked_fraction": weight.mean().detach()}
 
