@@ -26,6 +26,9 @@ def test_denoise_in_the_widgets(qtbot, viewer_widgets, notes, wait_idle):
     mask = finetune.task_rows.mask_combo
     assert mask.isVisibleTo(finetune) and finetune.config().mask_replace == "mean"  # the default
     mask.setCurrentIndex(mask.findData("neighbour"))
+    loss = finetune.task_rows.loss_combo
+    assert loss.isVisibleTo(finetune) and finetune.config().denoise_loss == "re-visible"  # the default
+    loss.setCurrentIndex(loss.findData("blind-spot"))
     finetune.steps_spin.setValue(6)
     strokes_before = viewer.layers["crop strokes"].data.copy()
     assert finetune.start()
@@ -34,6 +37,7 @@ def test_denoise_in_the_widgets(qtbot, viewer_widgets, notes, wait_idle):
     assert finetune.controls.status.text().startswith("Done: 6 steps")
     assert finetune.trained_model.task == "denoise"
     assert finetune.trained_model.meta["lineage"]["finetune"]["mask_replace"] == "neighbour"
+    assert finetune.trained_model.meta["lineage"]["finetune"]["denoise_loss"] == "blind-spot"
     preview = viewer.layers["crop preview"]
     assert isinstance(preview, Image) and preview.data.shape == (2, 96, 96) and preview.data.dtype == np.float32
     np.testing.assert_array_equal(viewer.layers["crop strokes"].data, strokes_before)
@@ -72,6 +76,7 @@ def test_superres_with_a_target_layer_shows_psnr_and_overlays(qtbot, viewer_widg
     finetune.task_rows.target_combo.set_layer(target)
     assert finetune.task_rows.factor_combo.isVisibleTo(finetune)
     assert not finetune.task_rows.mask_combo.isVisibleTo(finetune)  # denoising only
+    assert not finetune.task_rows.loss_combo.isVisibleTo(finetune)
     assert finetune.start()
     wait_idle(finetune)
     assert not notes.errors(), notes.errors()

@@ -210,7 +210,8 @@ class FinetuneWidget(ChoosesInit, EndsTrainingRun, StopsRunOnClose, QWidget):
                       arch=arch, arch_kwargs=arch_kwargs, init=init, steps=self.steps_spin.value(),
                       device=self.device_combo.currentText(), batch_size=self.batch_spin.value(),
                       patch_size=self.patch_spin.value(), lr=self.lr_spin.value(),
-                      preview_every_s=self.preview_spin.value(), mask_replace=self.task_rows.mask_replace())
+                      preview_every_s=self.preview_spin.value(), mask_replace=self.task_rows.mask_replace(),
+                      denoise_loss=self.task_rows.denoise_loss())
         values.update(self.config_overrides)
         return FinetuneConfig(**values)
 

@@ -34,6 +34,14 @@ MASK_CHOICES = (
 MASK_TIP = ("Self-supervised denoising hides pixels from the network. Showing the mean of the neighbours lets the "
             "network learn how much of each pixel's own value to use: better on images with fine detail. One neighbour "
             "hides them completely: better on smooth images such as detector images (docs/benchmarks.md).")
+# how self-supervised denoising learns (FinetuneConfig.denoise_loss)
+LOSS_CHOICES = (
+    ("re-visible (blind spot + own value)", "re-visible"),
+    ("blind spot only (faster)", "blind-spot"),
+)
+LOSS_TIP = ("The blind-spot loss trains the network only on pixels it cannot see. The re-visible loss adds a term "
+            "that teaches it how to use each pixel's own value, which it does see when applied: better on 3 of the 4 "
+            "benchmark images (up to +0.65 dB, -0.19 on one), training takes 35-50 % longer (docs/benchmarks.md).")
 TARGET_TIPS = {
     "denoise": "Optional: a clean (e.g. high-dose) image of the same field of view, in the image's intensity units",
     "bgremove": "Optional: the same field of view without noise and background, in the image's intensity units",
@@ -55,12 +63,10 @@ class TaskRows(QWidget):
         self.factor_combo = QComboBox(parent)
         for f in FACTORS:
             self.factor_combo.addItem(f"x{f}", f)
-        self.mask_combo = QComboBox(parent)
-        for text, value in MASK_CHOICES:
-            self.mask_combo.addItem(text, value)
-        self.mask_combo.setCurrentIndex(self.mask_combo.findData(FinetuneConfig.mask_replace))
-        self.mask_combo.setToolTip(MASK_TIP)
+        self.mask_combo = _choice_combo(parent, MASK_CHOICES, FinetuneConfig.mask_replace, MASK_TIP)
+        self.loss_combo = _choice_combo(parent, LOSS_CHOICES, FinetuneConfig.denoise_loss, LOSS_TIP)
         self._mask_label = QLabel("Hidden pixels show", parent)
+        self._loss_label = QLabel("Loss", parent)
         self.hint = QLabel(parent)
         self.hint.setWordWrap(True)
         self._target_label = QLabel("Target", parent)
@@ -74,6 +80,7 @@ class TaskRows(QWidget):
         form.addRow(self._target_label, self.target_combo)
         form.addRow(self._factor_label, self.factor_combo)
         form.addRow(self._mask_label, self.mask_combo)
+        form.addRow(self._loss_label, self.loss_combo)
         self._update()
 
     def task(self) -> str:
@@ -88,6 +95,10 @@ class TaskRows(QWidget):
     def mask_replace(self) -> str:
         """What a hidden pixel shows in self-supervised denoising (the default for the other tasks)."""
         return self.mask_combo.currentData() if self.task() == "denoise" else FinetuneConfig.mask_replace
+
+    def denoise_loss(self) -> str:
+        """The self-supervised denoising loss (the default for the other tasks)."""
+        return self.loss_combo.currentData() if self.task() == "denoise" else FinetuneConfig.denoise_loss
 
     def target_layer(self):
         return self.target_combo.layer() if self.task() != "segment" else None
@@ -105,7 +116,17 @@ class TaskRows(QWidget):
         self.target_combo.setToolTip(TARGET_TIPS.get(task, ""))
         self._factor_label.setVisible(task == "superres")
         self.factor_combo.setVisible(task == "superres")
-        self._mask_label.setVisible(task == "denoise")
-        self.mask_combo.setVisible(task == "denoise")
+        for widget in (self._mask_label, self.mask_combo, self._loss_label, self.loss_combo):
+            widget.setVisible(task == "denoise")
         self.hint.setText(HINTS[task])
         self.task_changed.emit(task)
+
+
+def _choice_combo(parent: QWidget | None, choices: tuple[tuple[str, str], ...], default: str, tip: str) -> QComboBox:
+    """A combo of ``(text, value)`` choices with ``default`` selected."""
+    combo = QComboBox(parent)
+    for text, value in choices:
+        combo.addItem(text, value)
+    combo.setCurrentIndex(combo.findData(default))
+    combo.setToolTip(tip)
+    return combo
