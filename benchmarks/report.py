@@ -508,11 +508,13 @@ def _fit_seconds(row: dict) -> float:
 
 
 def loss_section(revisible: dict, blind: dict, neighbour: list[dict] | None = None,
-                 neighbour_blind: list[dict] | None = None) -> list[str]:
+                 neighbour_blind: list[dict] | None = None, longer: list[dict] | None = None) -> list[str]:
     """Our denoiser trained with the re-visible loss against the blind-spot loss alone, same noise, steps and start.
 
     ``neighbour``: re-visible runs with ``--mask-replace neighbour`` (``revisible_neighbour_denoise_*.json``), compared
-    with the blind-spot runs of that replacement (``blind_spot_replace_denoise_neighbour*.json``).
+    with the blind-spot runs of that replacement (``blind_spot_replace_denoise_neighbour*.json``). ``longer``:
+    re-visible runs with more steps (``revisible_longer_denoise_*.json``), compared with the rows above of the
+    same image and replacement.
     """
     def cells(rows):  # later files replace earlier rows of the same image and method, as in the main table
         return {(row["image"], row["method"]): row for row in rows}
@@ -552,6 +554,19 @@ def loss_section(revisible: dict, blind: dict, neighbour: list[dict] | None = No
         lines += ["", f"Measured: re-visible minus blind-spot loss (8-view, the mean replacement, the default), mean over "
                       f"the {len(changes)} images {sum(changes) / len(changes):+.2f} dB. The loss needs one more forward "
                       "pass per step (no backward): the training seconds above."]
+    shown = {("mean", image, method): row for (image, method), row in main_rv.items()}
+    shown.update({(variant[0], image, method): row for variant in variants[1:] for (image, method), row in variant[1].items()})
+    for run in longer or []:
+        for row in run["rows"]:
+            base = shown.get((run["mask_replace"], row["image"], row["method"]))
+            if row["method"] != "ours_tta" or base is None or base["steps"] == row["steps"]:
+                continue
+            one = next((r for r in run["rows"] if r["image"] == row["image"] and r["method"] == "ours"), None)
+            lines += ["", f"More steps: {row['image']}, masked pixels showing {REPLACE_TEXT[run['mask_replace']]}, "
+                          f"re-visible loss, {row['steps']} steps instead of {base['steps']}: "
+                          + (f"{one['psnr']:.2f} dB one view, " if one else "")
+                          + f"{row['psnr']:.2f} dB 8-view ({row['psnr'] - base['psnr']:+.2f} dB), "
+                          f"{_fit_seconds(row):.0f} s of training and prediction. Command: `{run['command']}`."]
     commands = [run["command"] for run in (neighbour or [])]
     if commands:
         lines += ["", "Commands of the re-visible rows: those of the main table, and "
@@ -780,7 +795,8 @@ def main() -> None:
             results = HERE / "results"
             neighbour = [json.loads(p.read_text()) for p in sorted(results.glob(f"revisible_neighbour_{task}_*.json"))]
             neighbour_blind = [json.loads(p.read_text()) for p in sorted(results.glob(f"blind_spot_replace_{task}_neighbour*.json"))]
-            lines += [""] + loss_section(run, blind, neighbour, neighbour_blind)
+            longer = [json.loads(p.read_text()) for p in sorted(results.glob(f"revisible_longer_{task}_*.json"))]
+            lines += [""] + loss_section(run, blind, neighbour, neighbour_blind, longer)
             run_for_ablations = blind
         else:
             run_for_ablations = run
