@@ -461,6 +461,11 @@ def reseed_section(runs: list[dict], main: dict | None = None) -> list[str]:
            if (i, "ours_tta") in cell and (i, "ours_random_tta") in cell]
     if pre:
         lines += ["", "Pretrained minus random initialisation (8-view): " + ", ".join(f"{i} {d:+.2f} dB" for i, d in pre) + "."]
+    loss = [(i, cell[(i, REVISIBLE_LABEL + "_tta")] - cell[(i, "ours_tta")]) for i in shown
+            if (i, "ours_tta") in cell and (i, REVISIBLE_LABEL + "_tta") in cell]
+    if loss:
+        lines += ["", "Re-visible minus blind-spot loss (8-view): " + ", ".join(f"{i} {d:+.2f} dB" for i, d in loss)
+                  + f"; mean over the {len(loss)} images {sum(d for _, d in loss) / len(loss):+.2f} dB."]
     if main:
         pairs = [(i, _best_margin(main["rows"], i), _best_margin(rows, i)) for i in shown if i not in held_out]
         pairs = [p for p in pairs if p[1] is not None and p[2] is not None]
