@@ -174,9 +174,12 @@ def test_denoise_stack_slice_by_slice_and_saved_model_gives_identical_output(tin
 # ---------------------------------------------------------------------------------------------- superres
 
 
-def test_superres_starts_exactly_at_bicubic_and_output_is_factor_times_larger(tiny_config):
+@pytest.mark.parametrize("arch", [None, ("hrnet_w18_small", {"head_channels": 8})], ids=["resunet", "hrnet"])
+def test_superres_starts_exactly_at_bicubic_and_output_is_factor_times_larger(tiny_config, arch):
+    """Every output convolution starts at zero (HRNet has two whose outputs are summed)."""
     _, image = _clean_and_noisy(seed=4, sigma=5.0)
-    result = api.finetune(image, config=tiny_config(task="superres", steps=1, lr=1e-12))
+    changes = {"arch": arch[0], "arch_kwargs": arch[1]} if arch else {}
+    result = api.finetune(image, config=tiny_config(task="superres", steps=1, lr=1e-12, **changes))
     pred = api.predict(result.model, image, PredictConfig(device="cpu"))
     assert pred.image.shape == (128, 128) and pred.scale_factor == 2
     norm, stats = percentile_normalize(image, 1.0, 99.8)

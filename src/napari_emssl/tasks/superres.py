@@ -132,20 +132,24 @@ def make_superres_loss_fn(
 
 
 def zero_output_layer(net: torch.nn.Module) -> torch.nn.Module:
-    """Zero the weights and bias of the network's last convolution, so ``net(x) == 0`` at the start.
+    """Zero the weights and bias of the network's output convolutions, so ``net(x) == 0`` at the start.
 
     Then :func:`superres_forward` starts as plain bicubic upsampling instead of bicubic plus
     the noise of a random head (a "zero convolution"); the head still learns, as its
-    gradient does not depend on its own weights. The last convolution is the last
-    ``Conv2d`` registered in the module tree (``head`` of the residual U-Nets); returns ``net``.
+    gradient does not depend on its own weights. The output convolutions are those the
+    network names in ``output_layers()`` (HRNet: its head and its refinement, whose outputs
+    are summed), else the last ``Conv2d`` registered in the module tree (``head`` of the
+    residual U-Nets); returns ``net``.
     """
-    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    named = getattr(net, "output_layers", None)
+    convs = list(named()) if callable(named) else [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)][-1:]
     if not convs:
         raise InputError("the network has no Conv2d layer to zero")
     with torch.no_grad():
-        convs[-1].weight.zero_()
-        if convs[-1].bias is not None:
-            convs[-1].bias.zero_()
+        for conv in convs:
+            conv.weight.zero_()
+            if conv.bias is not None:
+                conv.bias.zero_()
     return net
 
 
