@@ -480,6 +480,54 @@ def reseed_section(runs: list[dict], main: dict | None = None) -> list[str]:
     return lines
 
 
+def arch_section(runs: list[dict], main: dict | None = None) -> list[str]:
+    """Denoising with another architecture (``arch_denoise_*.json``, ``--arch``), beside the default's main-table rows."""
+    lines = ["### Another architecture: HRNet",
+             "",
+             "The same self-supervised denoising with `--arch hrnet_w18_small` instead of the default residual U-Net. "
+             "HRNet's head works at a quarter of the input resolution; `refine_channels` (default 16) adds the "
+             "full-resolution refinement of its output (0: without it, as before it existed). Same noise, loss and "
+             "steps as the main table; PSNR in dB against the clean image (8-view: the default prediction for a "
+             "single 2D image):",
+             "",
+             "| image | network | weights | PSNR | 8-view | SSIM | seconds |",
+             "|---|---|---|---|---|---|---|"]
+
+    def row_line(image: str, net: str, weights: str, row: dict, tta: dict | None) -> str:
+        views = f"{tta['psnr']:.2f}" if tta else "-"
+        return f"| {image} | {net} | {weights} | {row['psnr']:.2f} | {views} | {row['ssim']:.3f} | {row['seconds']:.0f} |"
+
+    entries = []  # (image, network, weights, row, 8-view row)
+    for run in runs:
+        net = run.get("arch") or "default"
+        if net.startswith("hrnet"):
+            net += " without refinement" if (run.get("arch_kwargs") or {}).get("refine_channels") == 0 else " with refinement"
+        cells = {(r["image"], r["method"]): r for r in run["rows"]}
+        for (image, method), row in cells.items():
+            if method in ("ours", "ours_random"):
+                weights = "random" if method == "ours_random" else (row.get("init") or "bundled")
+                entries.append((image, net, weights, row, cells.get((image, f"{method}_tta"))))
+    table = {(r["image"], r["method"]): r for r in main["rows"]} if main else {}
+    views = {(image, net, weights): (tta or row)["psnr"] for image, net, weights, row, tta in entries}
+    gains = []
+    for image in dict.fromkeys(e[0] for e in entries):
+        lines += [row_line(*e) for e in sorted(entries, key=lambda e: (e[1], e[2])) if e[0] == image]
+        if (image, "ours") in table:
+            lines.append(row_line(image, "residual U-Net (default)", "bundled", table[(image, "ours")],
+                                  table.get((image, "ours_tta"))))
+        best = _best_baseline(table, image, "denoise")
+        if best:
+            lines.append(row_line(image, f"{best['method']} (best baseline)", "-", best, None))
+        pair = [views.get((image, f"hrnet_w18_small {w} refinement", "random")) for w in ("with", "without")]
+        if None not in pair:
+            gains.append(f"{image} {pair[0] - pair[1]:+.2f} dB")
+    if gains:
+        lines += ["", "Measured: the refinement, both from random weights (8-view): " + ", ".join(gains) + "."]
+    lines += ["", f"Device: {runs[0]['device']}, two runs at a time (one per core). Commands (with "
+              "`EMSSL_DATA=../shared/data PYTHONPATH=src` in front): "
+              + " and ".join(f"`{_denoise_command(r)}`" for r in runs) + "."]
+    return lines
+
 def plot_restoration(run: dict) -> str:
     rows = run["rows"]
     images = list(dict.fromkeys(r["image"] for r in rows))
@@ -814,6 +862,9 @@ def main() -> None:
         reseed = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob(f"reseed_{task}_*.json"))]
         if reseed:
             lines += [""] + reseed_section(reseed, run_for_ablations)  # seed 0 -> 1 with the same loss
+        archs = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob(f"arch_{task}_*.json"))]
+        if archs:
+            lines += [""] + arch_section(archs, run)
     throughput = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob("prediction_throughput_*.json"))]
     if throughput:
         lines += [""] + throughput_section(throughput) + [f"![Prediction throughput]({plot_throughput(throughput)})"]

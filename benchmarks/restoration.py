@@ -50,6 +50,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -179,7 +180,7 @@ def run_n2v(noisy, args, epochs=None, **_):
 
 def run_ours(noisy, args, init=None, **_):
     """Fine-tune with the task's defaults, predict; with ``--tta`` also the 8-view average (row ``<method>_tta``)."""
-    config = FinetuneConfig(task=args.task, init=init or args.init, device=args.device, preview_every_s=0, steps=args.steps, seed=args.seed,
+    config = FinetuneConfig(task=args.task, arch=args.arch, arch_kwargs=args.arch_kwargs, init=init or args.init, device=args.device, preview_every_s=0, steps=args.steps, seed=args.seed,
                             mask_fraction=args.mask_fraction, mask_replace=args.mask_replace, denoise_loss=args.denoise_loss)
     result = api.finetune(noisy, config=config)
     out = api.predict(result.model, noisy, PredictConfig(device=args.device, tta=False))
@@ -263,6 +264,10 @@ def main() -> None:
     parser.add_argument("--init", default="bundled",
                         help="where the ours rows start: bundled (default) or a pretrained model directory, e.g. one "
                              "pretrained without the benchmark images (ours_random always starts from random weights)")
+    parser.add_argument("--arch", help="architecture of the ours rows (default: the task's); bundled weights for it "
+                                       "when there are any (`emssl models`)")
+    parser.add_argument("--arch-kwargs", type=json.loads, default={}, metavar="JSON",
+                        help='options of --arch, e.g. \'{"refine_channels": 0}\' (bundled weights only for the defaults)')
     parser.add_argument("--out", type=Path, help="default: benchmarks/results/restoration_<task>.json")
     args = parser.parse_args()
     if args.threads:
@@ -303,12 +308,12 @@ def main() -> None:
                 "steps": args.steps or FinetuneConfig(task=args.task).default_steps, "n2v": {"epochs": args.n2v_epochs,
                 "steps_per_epoch": args.n2v_steps, "long_epochs": args.n2v_long_epochs, "batch": 16, "patch": 64},
                 "seed": args.seed, "mask_fraction": args.mask_fraction, "mask_replace": args.mask_replace,
-                "denoise_loss": args.denoise_loss, "held_out": [k for k in args.images if k in HELD_OUT],
+                "denoise_loss": args.denoise_loss, "arch": args.arch, "arch_kwargs": args.arch_kwargs, "held_out": [k for k in args.images if k in HELD_OUT],
                 "not_pretrained_on": [k for k in args.images if k in NOT_PRETRAINED_ON],
                 "device": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, "
                           f"{torch.get_num_threads()} threads",
                 **({"noise_bound": bounds} if bounds else {}),
-                "package_version": __version__, "command": "python benchmarks/restoration.py " + " ".join(sys.argv[1:]),
+                "package_version": __version__, "command": "python benchmarks/restoration.py " + shlex.join(sys.argv[1:]),
                 "rows": rows,
             }, indent=1) + "\n")
 
