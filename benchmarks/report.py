@@ -480,6 +480,50 @@ def reseed_section(runs: list[dict], main: dict | None = None) -> list[str]:
     return lines
 
 
+def revisible_fraction_section(runs: list[dict], main: dict) -> list[str]:
+    """The blind-spot share with the re-visible loss (``revisible_mask_fraction_*.json``) against the main table's."""
+    table = {(r["image"], r["method"]): r for r in main["rows"]}
+    default = main.get("mask_fraction", 0.0625)
+    lines = ["### Share of blind-spot pixels with the re-visible loss",
+             "",
+             f"The main table's runs (re-visible loss, mask fraction {default:g}) with a larger share of each patch "
+             "hidden; the re-visible loss trains on the hidden pixels only, in both of its terms, so more hidden pixels "
+             "give it more to learn from (Blind2Unblind hides one pixel of every 2 x 2 cell, 0.25). Same noise, "
+             "steps and bundled weights; PSNR in dB (one view and the 8-view average), seconds of training and prediction:",
+             "",
+             "| image | mask fraction | masked pixels show | PSNR | 8-view | change (8-view) | 8-view minus the best baseline | seconds |",
+             "|---|---|---|---|---|---|---|---|"]
+    main_replace = main.get("mask_replace", "mean")
+
+    def line(image: str, fraction: float, replace: str, one: dict, eight: dict, base: dict | None, best: dict) -> str:
+        change = f"{eight['psnr'] - base['psnr']:+.2f}" if base else "-"
+        return (f"| {image} | {fraction:g} | {REPLACE_TEXT[replace]} | {one['psnr']:.2f} | {eight['psnr']:.2f} | {change} | "
+                f"{eight['psnr'] - best['psnr']:+.2f} vs {best['method']} | {one['seconds']:.0f} |")
+
+    diffs = []
+    by_image: dict[str, list[dict]] = {}
+    for run in runs:
+        by_image.setdefault(run["rows"][0]["image"], []).append(run)
+    for image, image_runs in sorted(by_image.items()):
+        if (image, "ours_tta") not in table:
+            continue
+        base, best = table[(image, "ours_tta")], _best_baseline(table, image, "denoise")
+        lines.append(line(image, default, main_replace, table[(image, "ours")], base, None, best))
+        for run in sorted(image_runs, key=lambda r: (r.get("mask_replace", "mean"), r["mask_fraction"])):
+            cells = {(r["image"], r["method"]): r for r in run["rows"]}
+            if (image, "ours") in cells and (image, "ours_tta") in cells:
+                replace, tta = run.get("mask_replace", "mean"), cells[(image, "ours_tta")]
+                lines.append(line(image, run["mask_fraction"], replace, cells[(image, "ours")], tta, base, best))
+                if replace == main_replace:
+                    diffs.append(tta["psnr"] - base["psnr"])
+    if diffs:
+        lines += ["", f"Measured: with {REPLACE_TEXT[main_replace]} shown, mean change over {len(diffs)} images "
+                  f"{sum(diffs) / len(diffs):+.2f} dB (8-view)."]
+    lines += ["", f"Device: {runs[0]['device']}, two runs at a time (one per core). Commands: "
+              + " and ".join(f"`{_denoise_command(r)}`" for r in runs) + "."]
+    return lines
+
+
 def arch_section(runs: list[dict], main: dict | None = None) -> list[str]:
     """Denoising with another architecture (``arch_denoise_*.json``, ``--arch``), beside the default's main-table rows."""
     lines = ["### Another architecture: HRNet",
@@ -862,6 +906,11 @@ def main() -> None:
         reseed = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob(f"reseed_{task}_*.json"))]
         if reseed:
             lines += [""] + reseed_section(reseed, run_for_ablations)  # seed 0 -> 1 with the same loss
+        fractions = [r for r in (json.loads(p.read_text()) for p in sorted((HERE / "results").glob("revisible_mask_fraction_*.json")))
+                     if r["task"] == task]
+        if fractions and run:  # with the runs of one neighbour shown at the default share, for comparison
+            neighbour_default = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob(f"revisible_neighbour_{task}_*.json"))]
+            lines += [""] + revisible_fraction_section(fractions + neighbour_default, run)
         archs = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob(f"arch_{task}_*.json"))]
         if archs:
             lines += [""] + arch_section(archs, run)
