@@ -66,6 +66,20 @@ def test_neighbour_replacement_shows_one_of_the_eight_neighbours():
     assert denoise.REPLACEMENTS[0] == FinetuneConfig().mask_replace == "mean"  # the default, in both places
 
 
+@pytest.mark.parametrize("replace", ["mean", "neighbour"])
+@pytest.mark.parametrize("fraction", [1 / 16, 0.25, 0.5])
+def test_masked_input_does_not_depend_on_the_masked_pixels(replace, fraction):
+    """Changing every masked pixel changes nothing the network sees: not at its own place, nor at a
+    masked neighbour's (whose shown value would let the network read it next door), nor at a corner."""
+    images = torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(5))
+    masked, mask = denoise.blind_spot_batch(images, fraction, generator=torch.Generator().manual_seed(9), replace=replace)
+    changed = images + 100.0 * mask
+    again, same_mask = denoise.blind_spot_batch(changed, fraction, generator=torch.Generator().manual_seed(9), replace=replace)
+    assert torch.equal(mask, same_mask) and mask.sum() > 50
+    torch.testing.assert_close(again, masked)
+    if replace == "neighbour" and fraction < 0.4:  # each shows an unmasked neighbour's value
+        assert torch.isin(masked[mask], images[~mask]).all()
+
 def test_revisible_weight_is_constant_then_rises_to_its_end_value():
     assert denoise.revisible_beta(0.0) == denoise.revisible_beta(0.8) == 2.0
     assert denoise.revisible_beta(0.9) == pytest.approx(11.0)

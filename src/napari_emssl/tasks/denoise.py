@@ -15,8 +15,8 @@ Choices here, against known artefacts:
   is what leaves checkerboard artefacts);
 - the replacement never contains the pixel itself: the mean of its unmasked 8 neighbours
   (the Noise2Self "donut" interpolation, default; masked neighbours are left out because
-  their own replacement holds this pixel's value) or one of its 8 neighbours chosen at
-  random (``replace="neighbour"``: Noise2Void without the centre); borders are mirrored
+  their own replacement holds this pixel's value) or one of its unmasked 8 neighbours chosen
+  at random (``replace="neighbour"``: Noise2Void without the centre); borders are mirrored
   without repeating the edge pixel, so the centre is never its own neighbour.
 
 What the replacement decides: a pixel that shows the mean of its neighbours is smoother
@@ -121,8 +121,9 @@ def blind_spot_batch(
     """Mask a batch ``(B, C, H, W)`` for blind-spot training; returns ``(masked_input, mask)``.
 
     ``mask`` is ``(B, 1, H, W)`` bool (the same positions in every channel). At masked
-    pixels the input holds the mean of the 8 neighbours (``replace="mean"``) or a random
-    one of the 8 neighbours (``"neighbour"``), never the pixel's own value. Needs H, W >= 2.
+    pixels the input holds the mean of the unmasked 8 neighbours (``replace="mean"``) or a
+    random one of them (``"neighbour"``): no pixel of the input holds a masked pixel's own value.
+    Needs H, W >= 2.
     """
     if images.ndim != 4:
         raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
@@ -132,25 +133,33 @@ def blind_spot_batch(
     if h < 2 or w < 2:
         raise InputError(f"blind-spot masking needs images of at least 2x2 pixels, got {h}x{w}")
     mask = blind_spot_mask(images.shape, fraction, generator=generator, device=images.device)
+    keep = (~mask).to(images.dtype)
+    # shown where no neighbour is unmasked (a corner, or a fraction above about 0.44): the mean of the unmasked pixels
+    fallback = (images * keep).sum(dim=(2, 3), keepdim=True) / keep.sum(dim=(2, 3), keepdim=True).clamp_min(1.0)
     if replace == "mean":
         # mean of the unmasked ones among the 8 neighbours: a masked neighbour's replacement holds this
         # pixel's value, so using it would leak the value the network must not see
         kernel = torch.ones(1, 1, 3, 3, dtype=images.dtype, device=images.device)
         kernel[..., 1, 1] = 0.0
-        keep = (~mask).to(images.dtype)
         pad = (1, 1, 1, 1)
         total = F.conv2d(F.pad(images * keep, pad, mode="reflect").reshape(b * c, 1, h + 2, w + 2), kernel).reshape(b, c, h, w)
         count = F.conv2d(F.pad(keep, pad, mode="reflect"), kernel)  # mirrors without the edge pixel, like _reflect
-        values = total / count.clamp_min(1.0)
+        values = torch.where(count > 0, total / count.clamp_min(1.0), fallback)
         return torch.where(mask, values, images), mask
+    # one of the unmasked ones among the 8 neighbours, at random: a masked neighbour may itself show this
+    # pixel's value, so it is never picked
     bi, _, yi, xi = mask.nonzero(as_tuple=True)
     gen_device = generator.device if generator is not None else images.device
-    pick = torch.randint(0, 8, (bi.numel(),), generator=generator, device=gen_device).to(images.device)
-    offsets = _NEIGHBOURS.to(images.device)[pick]
-    ny = _reflect(yi + offsets[:, 0], h)
-    nx = _reflect(xi + offsets[:, 1], w)
+    offsets = _NEIGHBOURS.to(images.device)
+    ny = _reflect(yi[:, None] + offsets[:, 0], h)  # (masked pixels, 8)
+    nx = _reflect(xi[:, None] + offsets[:, 1], w)
+    scores = torch.rand((bi.numel(), 8), generator=generator, device=gen_device).to(images.device)
+    scores = scores.masked_fill(mask[bi[:, None], 0, ny, nx], -1.0)
+    pick = scores.argmax(dim=1, keepdim=True)
+    free = scores.gather(1, pick)[:, 0] >= 0
     masked = images.clone()
-    masked[bi, :, yi, xi] = images[bi, :, ny, nx]
+    masked[bi, :, yi, xi] = torch.where(free[:, None], images[bi, :, ny.gather(1, pick)[:, 0], nx.gather(1, pick)[:, 0]],
+                                        fallback[bi, :, 0, 0])
     return masked, mask
 
 
