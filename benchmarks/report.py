@@ -305,6 +305,13 @@ def _denoise_command(run: dict) -> str:
     return command
 
 
+def _runs_footer(runs: list[dict], env: str | None = None) -> list[str]:
+    """The closing lines of a section measured two runs at a time: device and the commands (``env`` in front)."""
+    with_env = f" (with `{env}` in front)" if env else ""
+    return ["", f"Device: {runs[0]['device']}, two runs at a time (one per core). Commands{with_env}: "
+            + " and ".join(f"`{_denoise_command(r)}`" for r in runs) + "."]
+
+
 def _restoration_runs(task: str, loss: str | None = None) -> dict | None:
     """``restoration_<task>*.json`` merged (runs split over processes): the first file's settings, all rows.
 
@@ -520,8 +527,7 @@ def revisible_fraction_section(runs: list[dict], main: dict) -> list[str]:
     if diffs:
         lines += ["", f"Measured: with {REPLACE_TEXT[main_replace]} shown, mean change over {len(diffs)} images "
                   f"{sum(diffs) / len(diffs):+.2f} dB (8-view)."]
-    lines += ["", f"Device: {runs[0]['device']}, two runs at a time (one per core). Commands: "
-              + " and ".join(f"`{_denoise_command(r)}`" for r in runs) + "."]
+    lines += _runs_footer(runs)
     return lines
 
 
@@ -556,8 +562,7 @@ def unleaked_section(runs: list[dict], earlier: list[dict], main: dict) -> list[
         change = f"{tta['psnr'] - old_tta['psnr']:+.2f}" if old_tta else "-"
         lines.append(f"| {image} | {run['mask_fraction']:g} | {was} | {tta['psnr']:.2f} | {change} | "
                      f"{tta['psnr'] - best['psnr']:+.2f} vs {best['method']} | {cells['ours']['seconds']:.0f} |")
-    lines += ["", f"Device: {runs[0]['device']}, two runs at a time (one per core). Commands: "
-              + " and ".join(f"`{_denoise_command(r)}`" for r in runs) + "."]
+    lines += _runs_footer(runs)
     return lines
 
 
@@ -604,10 +609,9 @@ def arch_section(runs: list[dict], main: dict | None = None) -> list[str]:
             gains.append(f"{image} {pair[0] - pair[1]:+.2f} dB")
     if gains:
         lines += ["", "Measured: the refinement, both from random weights (8-view): " + ", ".join(gains) + "."]
-    lines += ["", f"Device: {runs[0]['device']}, two runs at a time (one per core). Commands (with "
-              "`EMSSL_DATA=../shared/data PYTHONPATH=src` in front): "
-              + " and ".join(f"`{_denoise_command(r)}`" for r in runs) + "."]
+    lines += _runs_footer(runs, "EMSSL_DATA=../shared/data PYTHONPATH=src")
     return lines
+
 
 def plot_restoration(run: dict) -> str:
     rows = run["rows"]
@@ -758,9 +762,7 @@ def mask_replace_section(runs: list[dict], main: dict | None = None) -> list[str
                 margins.append(f"{image} with {replace} {cell['ours_tta'] - best['psnr']:+.2f} dB vs {best['method']}")
         if margins:
             lines += ["", "Measured: 8-view minus the best baseline of the main table: " + ", ".join(margins) + "."]
-    lines += ["", f"Device: {runs[0]['device']}, two runs at a time (one per core). Commands (with "
-              "`EMSSL_DATA=../shared/data PYTHONPATH=.bench-site:src` in front): "
-              + " and ".join(f"`{_denoise_command(r)}`" for r in runs) + "."]
+    lines += _runs_footer(runs, "EMSSL_DATA=../shared/data PYTHONPATH=.bench-site:src")
     return lines
 
 
@@ -951,7 +953,7 @@ def main() -> None:
         unleaked = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob(f"unleaked_*{task}_*.json"))]
         if unleaked and run:
             earlier = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob("*.json"))
-                       if not p.name.startswith("unleaked_") and p.name.endswith(".json")]
+                       if not p.name.startswith("unleaked_")]
             earlier = [r for r in earlier if r.get("task") == task and r.get("rows")]
             lines += [""] + unleaked_section(unleaked, earlier, run)
         archs = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob(f"arch_{task}_*.json"))]

@@ -156,10 +156,10 @@ def blind_spot_batch(
     scores = torch.rand((bi.numel(), 8), generator=generator, device=gen_device).to(images.device)
     scores = scores.masked_fill(mask[bi[:, None], 0, ny, nx], -1.0)
     pick = scores.argmax(dim=1, keepdim=True)
-    free = scores.gather(1, pick)[:, 0] >= 0
+    free = scores.gather(1, pick) >= 0  # (masked pixels, 1)
+    shown = images[bi, :, ny.gather(1, pick)[:, 0], nx.gather(1, pick)[:, 0]]
     masked = images.clone()
-    masked[bi, :, yi, xi] = torch.where(free[:, None], images[bi, :, ny.gather(1, pick)[:, 0], nx.gather(1, pick)[:, 0]],
-                                        fallback[bi, :, 0, 0])
+    masked[bi, :, yi, xi] = torch.where(free, shown, fallback[bi, :, 0, 0])
     return masked, mask
 
 
