@@ -531,6 +531,51 @@ def revisible_fraction_section(runs: list[dict], main: dict) -> list[str]:
     return lines
 
 
+def reseed_fraction_section(runs: list[dict], reseed: list[dict]) -> list[str]:
+    """A quarter hidden on another noise draw and the held-out images (``seed1_fraction_*.json``) against the
+    reseed runs of the same seed at the default share (``reseed_denoise_*.json``, re-visible loss)."""
+    default = {(r["image"], r["method"]): r for run in reseed if _loss(run) == "re-visible" for r in run["rows"]}
+    baselines = {(r["image"], r["method"]): r for run in reseed for r in run["rows"] if not r["method"].startswith("ours")}
+    held_out = {k for r in runs + reseed for k in r.get("held_out", [])}
+    fractions = sorted({run["mask_fraction"] for run in runs})
+    shares = sorted({run["mask_fraction"] for run in reseed if _loss(run) == "re-visible"})
+    lines = ["### A quarter hidden: another noise draw, and the held-out images",
+             "",
+             "The comparison of the section above (a larger blind-spot share with the re-visible loss) repeated "
+             "on the second noise draw (seed " + ", ".join(map(str, sorted({r["seed"] for r in runs}))) + ") and on "
+             "the held-out images, against the runs of the same seed and loss at the default share ("
+             + ", ".join(f"{s:g}" for s in shares) + ") in \"Another noise draw\" above. Same steps, bundled weights "
+             "and mean replacement; PSNR in dB:",
+             "",
+             "| image | held out | default share: PSNR / 8-view | " + ", ".join(f"{f:g}" for f in fractions)
+             + ": PSNR / 8-view | change (8-view) | 8-view minus the best baseline | seconds (default share / "
+             + ", ".join(f"{f:g}" for f in fractions) + ") |",
+             "|---|---|---|---|---|---|---|"]
+    changes: dict[bool, list[float]] = {False: [], True: []}
+    order = {name: i for i, name in enumerate(["stem_adf", "sem_aquami", "stem_detector", "sem_nanowires"])}
+    for run in sorted(runs, key=lambda r: (r["rows"][0]["image"] in held_out, order.get(r["rows"][0]["image"], 9),
+                                           r["rows"][0]["image"])):
+        cells = {r["method"]: r for r in run["rows"]}
+        image = run["rows"][0]["image"]
+        one, eight = cells.get("ours"), cells.get("ours_tta")
+        was_one, was_eight = default.get((image, "ours")), default.get((image, "ours_tta"))
+        if not (one and eight and was_one and was_eight):
+            continue
+        best = _best_baseline(baselines, image, "denoise")
+        margin = f"{eight['psnr'] - best['psnr']:+.2f} vs {best['method']}" if best else "-"
+        change = eight["psnr"] - was_eight["psnr"]
+        changes[image in held_out].append(change)
+        lines.append(f"| {image} | {'yes' if image in held_out else 'no'} | {was_one['psnr']:.2f} / {was_eight['psnr']:.2f} | "
+                     f"{one['psnr']:.2f} / {eight['psnr']:.2f} | {change:+.2f} | {margin} | {was_one['seconds']:.0f} / "
+                     f"{one['seconds']:.0f} |")
+    summary = [f"{len(v)} {'held-out' if k else 'benchmark'} images {sum(v) / len(v):+.2f} dB ({sum(d > 0 for d in v)} better)"
+               for k, v in sorted(changes.items()) if v]
+    if summary:
+        lines += ["", "Measured: mean change (8-view) over " + "; over ".join(summary) + "."]
+    lines += _runs_footer(runs)
+    return lines
+
+
 def unleaked_section(runs: list[dict], earlier: list[dict], main: dict) -> list[str]:
     """One neighbour shown, measured again after masked neighbours were excluded (``unleaked_*.json``)."""
     def key(run: dict) -> tuple:
@@ -950,6 +995,10 @@ def main() -> None:
         if fractions and run:  # with the runs of one neighbour shown at the default share, for comparison
             neighbour_default = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob(f"revisible_neighbour_{task}_*.json"))]
             lines += [""] + revisible_fraction_section(fractions + neighbour_default, run)
+        seed1 = [r for r in (json.loads(p.read_text()) for p in sorted((HERE / "results").glob("seed1_fraction_*.json")))
+                 if r["task"] == task]
+        if seed1 and reseed:
+            lines += [""] + reseed_fraction_section(seed1, reseed)
         unleaked = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob(f"unleaked_*{task}_*.json"))]
         if unleaked and run:
             earlier = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob("*.json"))
