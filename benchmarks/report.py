@@ -555,7 +555,9 @@ def reseed_fraction_section(runs: list[dict], reseed: list[dict]) -> list[str]:
              "on the second noise draw (seed " + ", ".join(map(str, sorted({r["seed"] for r in runs}))) + ") and on "
              "the held-out images, against the runs of the same seed and loss at the default share ("
              + ", ".join(f"{s:g}" for s in shares) + ") in \"Another noise draw\" above. Same steps, bundled weights "
-             "and mean replacement; PSNR in dB:",
+             "and mean replacement; PSNR in dB. The seconds of the larger share are upper bounds: other work shared the two "
+             "cores during parts of some of these runs (in the section above, without it, a quarter hidden took about "
+             "10 % longer than the default share):",
              "",
              "| image | held out | default share: PSNR / 8-view | " + ", ".join(f"{f:g}" for f in fractions)
              + ": PSNR / 8-view | change (8-view) | 8-view minus the best baseline | seconds (default share / "
