@@ -541,7 +541,8 @@ def revisible_fraction_section(runs: list[dict], main: dict) -> list[str]:
     return lines
 
 
-def reseed_fraction_section(runs: list[dict], reseed: list[dict]) -> list[str]:
+def reseed_fraction_section(runs: list[dict], reseed: list[dict], earlier: list[dict] | None = None,
+                            main: dict | None = None) -> list[str]:
     """A quarter hidden on another noise draw and the held-out images (``seed1_fraction_*.json``) against the
     reseed runs of the same seed at the default share (``reseed_denoise_*.json``, re-visible loss)."""
     default = {(r["image"], r["method"]): r for run in reseed if _loss(run) == "re-visible" for r in run["rows"]}
@@ -584,6 +585,24 @@ def reseed_fraction_section(runs: list[dict], reseed: list[dict]) -> list[str]:
                for k, v in sorted(changes.items()) if v]
     if summary:
         lines += ["", "Measured: mean change (8-view) over " + "; over ".join(summary) + "."]
+    if earlier and main:  # the same change with noise seed 0 (section above), where both seeds were measured
+        table = {(r["image"], r["method"]): r for r in main["rows"]}
+        now = {run["rows"][0]["image"]: run for run in runs}
+        pairs = []
+        for run in earlier:
+            image = run["rows"][0]["image"]
+            cells = {r["method"]: r for r in run["rows"]}
+            if (run.get("mask_replace", "mean") != "mean" or image not in now or "ours_tta" not in cells
+                    or (image, "ours_tta") not in table or run["mask_fraction"] != now[image]["mask_fraction"]):
+                continue
+            later = {r["method"]: r for r in now[image]["rows"]}["ours_tta"]["psnr"] - default[(image, "ours_tta")]["psnr"]
+            pairs.append((image, cells["ours_tta"]["psnr"] - table[(image, "ours_tta")]["psnr"], later))
+        if pairs:
+            lines += ["", "The same change with noise seed 0 (section above) -> seed 1: "
+                      + ", ".join(f"{i} {a:+.2f} -> {b:+.2f} dB" for i, a, b in pairs)
+                      + f": the change moves by up to {max(abs(a - b) for _, a, b in pairs):.2f} dB between the two "
+                        "draws (the noise and the training's random numbers both change), so a single run's difference "
+                        "of that size says little."]
     lines += _runs_footer(runs)
     return lines
 
@@ -1010,7 +1029,7 @@ def main() -> None:
         seed1 = [r for r in (json.loads(p.read_text()) for p in sorted((HERE / "results").glob("seed1_fraction_*.json")))
                  if r["task"] == task]
         if seed1 and reseed:
-            lines += [""] + reseed_fraction_section(seed1, reseed)
+            lines += [""] + reseed_fraction_section(seed1, reseed, fractions, run)
         unleaked = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob(f"unleaked_*{task}_*.json"))]
         if unleaked and run:
             earlier = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob("*.json"))
