@@ -634,14 +634,16 @@ def superres_steps_section(runs: list[dict], main: dict) -> list[str]:
     return lines
 
 
-def error_bands_section(run: dict) -> list[str]:
-    """Where the denoising error is (``error_bands_denoise.json``, ``benchmarks/denoise_error_bands.py``)."""
+def error_bands_section(runs: list[dict]) -> list[str]:
+    """Where the denoising error is (``error_bands_denoise*.json``, ``benchmarks/denoise_error_bands.py``)."""
+    run = runs[0]
     bands = run["bands_px"]
     names = [f"< {bands[0]}"] + [f"{a}-{b}" for a, b in zip(bands, bands[1:])] + [f"> {bands[-1]}"]
     lowpass = 16 if 16 in run["lowpass_px"] else run["lowpass_px"][0]
     lines = ["### Where the denoising error is",
              "",
-             f"The main table's BM3D and ours (the defaults, {run['steps']} steps, noise seed {run['seed']}) again, with the "
+             f"BM3D and ours (the defaults, {run['steps']} steps; noise seed 0: the main table's runs again, seed 1: "
+             "images of \"Another noise draw\") with the "
              "squared error split into spatial bands by differences of Gaussian low-passes (sigma in px; mean square of "
              "each band x 1e-6); leak: the regression coefficient of the error on the true noise, how much of a pixel's own "
              "noise is passed through; bias: the mean error over the bright half of the pixels (clean above the median) "
@@ -649,16 +651,18 @@ def error_bands_section(run: dict) -> list[str]:
              "noisy minus denoised, which has zero mean where only noise was removed (measured, not a method of the "
              "package):",
              "",
-             "| image | method | PSNR | " + " | ".join(f"{n} px" for n in names) + " | leak | bias bright / dark | "
+             "| image | seed | method | PSNR | " + " | ".join(f"{n} px" for n in names) + " | leak | bias bright / dark | "
              f"+ low-pass {lowpass} px of the residual |",
-             "|---|---|---|" + "---|" * len(names) + "---|---|---|"]
-    for row in run["rows"]:
-        lines.append(f"| {row['image']} | {row['method']} | {row['psnr']:.2f} | "
-                     + " | ".join(f"{b:.1f}" for b in row["band_mse_1e6"])
-                     + f" | {row['leak']:.3f} | {row['bias_bright']:+.4f} / {row['bias_dark']:+.4f} | "
-                       f"{row[f'lowpass_{lowpass}']:.2f} ({row[f'lowpass_{lowpass}'] - row['psnr']:+.2f}) |")
-    lines += ["", f"Device: {run['device']}. Command (with `EMSSL_DATA=../shared/data PYTHONPATH=.bench-site:src` in "
-              f"front): `{run['command']}`."]
+             "|---|---|---|---|" + "---|" * len(names) + "---|---|---|"]
+    for run in runs:
+        for row in run["rows"]:
+            lines.append(f"| {row['image']} | {run['seed']} | {row['method']} | {row['psnr']:.2f} | "
+                         + " | ".join(f"{b:.1f}" for b in row["band_mse_1e6"])
+                         + f" | {row['leak']:.3f} | {row['bias_bright']:+.4f} / {row['bias_dark']:+.4f} | "
+                           f"{row[f'lowpass_{lowpass}']:.2f} ({row[f'lowpass_{lowpass}'] - row['psnr']:+.2f}) |")
+    lines += _runs_footer(runs, "EMSSL_DATA=../shared/data PYTHONPATH=.bench-site:src") if len(runs) > 1 else [
+        "", f"Device: {run['device']}. Command (with `EMSSL_DATA=../shared/data PYTHONPATH=.bench-site:src` in "
+        f"front): `{run['command']}`."]
     return lines
 
 
@@ -1094,9 +1098,9 @@ def main() -> None:
                        if not p.name.startswith("unleaked_")]
             earlier = [r for r in earlier if r.get("task") == task and r.get("rows")]
             lines += [""] + unleaked_section(unleaked, earlier, run)
-        bands = HERE / "results" / f"error_bands_{task}.json"
-        if bands.exists():
-            lines += [""] + error_bands_section(json.loads(bands.read_text()))
+        bands = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob(f"error_bands_{task}*.json"))]
+        if bands:
+            lines += [""] + error_bands_section(bands)
         archs = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob(f"arch_{task}_*.json"))]
         if archs:
             lines += [""] + arch_section(archs, run)
