@@ -595,7 +595,7 @@ def reseed_fraction_section(runs: list[dict], reseed: list[dict], earlier: list[
             if (run.get("mask_replace", "mean") != "mean" or image not in now or "ours_tta" not in cells
                     or (image, "ours_tta") not in table or run["mask_fraction"] != now[image]["mask_fraction"]):
                 continue
-            later = {r["method"]: r for r in now[image]["rows"]}["ours_tta"]["psnr"] - default[(image, "ours_tta")]["psnr"]
+            later = next(r for r in now[image]["rows"] if r["method"] == "ours_tta")["psnr"] - default[(image, "ours_tta")]["psnr"]
             pairs.append((image, cells["ours_tta"]["psnr"] - table[(image, "ours_tta")]["psnr"], later))
         if pairs:
             lines += ["", "The same change with noise seed 0 (section above) -> seed 1: "
@@ -660,9 +660,7 @@ def error_bands_section(runs: list[dict]) -> list[str]:
                          + " | ".join(f"{b:.1f}" for b in row["band_mse_1e6"])
                          + f" | {row['leak']:.3f} | {row['bias_bright']:+.4f} / {row['bias_dark']:+.4f} | "
                            f"{row[f'lowpass_{lowpass}']:.2f} ({row[f'lowpass_{lowpass}'] - row['psnr']:+.2f}) |")
-    lines += _runs_footer(runs, "EMSSL_DATA=../shared/data PYTHONPATH=.bench-site:src") if len(runs) > 1 else [
-        "", f"Device: {run['device']}. Command (with `EMSSL_DATA=../shared/data PYTHONPATH=.bench-site:src` in "
-        f"front): `{run['command']}`."]
+    lines += _runs_footer(runs, "EMSSL_DATA=../shared/data PYTHONPATH=.bench-site:src")
     return lines
 
 
