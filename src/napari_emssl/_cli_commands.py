@@ -172,7 +172,7 @@ def finetune(args) -> int:
         task=args.task, arch=args.arch, arch_kwargs=_arch_kwargs(args.arch_kwargs), init=args.init, steps=args.steps,
         epochs=args.epochs, batch_size=args.batch_size, patch_size=args.patch_size, lr=args.lr, seed=args.seed,
         device=args.device, preview_every_s=0, factor=args.factor, mask_fraction=args.mask_fraction,
-        mask_replace=args.mask_replace, denoise_loss=args.denoise_loss,
+        mask_replace=args.mask_replace, denoise_loss=args.denoise_loss, mean_correction=args.mean_correction,
     )
     token = CancelToken()
     progress = Progress("fine-tune", args.quiet)

@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="self-supervised denoising: 're-visible' (default: the blind-spot loss plus a term that "
                          "teaches the network how much of each pixel's own value to use) or 'blind-spot' (the "
                          "blind-spot loss alone, about 30 %% faster to train; see docs/benchmarks.md)")
+    ft.add_argument("--mean-correction", type=float, default=FinetuneConfig.mean_correction, metavar="PX",
+                    help="self-supervised denoising: after prediction, add back the Gaussian low-pass (sigma PX pixels) "
+                         "of what was removed, so the result keeps the input's local mean; recorded in the model "
+                         f"(default {FinetuneConfig.mean_correction:g}; 0: off)")
     common(ft)
 
     pr = sub.add_parser("predict", help="apply a model to images, folders or globs; writes OUT/<input stem>.tif",

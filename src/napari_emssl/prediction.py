@@ -170,6 +170,8 @@ class RestorePlanes(_Planes):
             raise ModelFormatError(f"a {self.task} model has one output channel, this one has {model.meta['out_channels']}")
         self.factor = int(model.meta.get("factor", 1)) if self.task == "superres" else 1
         self.fn = forward_fn(model.net, device, amp=config.amp, activation="none")
+        # self-supervised denoising: sigma (px) of the residual's low-pass added back (tasks/denoise.py; 0 or absent: none)
+        self.mean_correction = float(model.meta.get("mean_correction", 0.0)) if self.task == "denoise" else 0.0
         self.views = DIHEDRAL[:1]  # set_shape: all 8 when the config's tta asks for it
         self.stats: NormStats | None = None
         self.dtype = None
@@ -207,7 +209,12 @@ class RestorePlanes(_Planes):
                     done += view_done
                     break
                 yield done + view_done, None
-        restored = denormalize(acc / len(self.views), self.stats, self.task)
+        restored = acc / len(self.views)
+        if self.mean_correction:
+            from .tasks.denoise import mean_correction
+
+            restored = mean_correction(restored, plane, self.mean_correction)
+        restored = denormalize(restored, self.stats, self.task)
         if self.config.keep_dtype:
             restored, clipped = to_dtype(restored, self.dtype)
             self.clipped += clipped
@@ -267,7 +274,8 @@ def _apply(model, net, image, shape, config, make_sinks, device, cancel, name) -
     info = {"task": model.task, "tile": planes.tile, "overlap": planes.overlap, "batch_size": batch, "slices": len(indices),
             "factor": getattr(planes, "factor", 1),
             "tta": model.task != "segment" and len(planes.views) > 1,
-            "z_average": float(config.z_average) if model.task == "segment" else 0.0}
+            "z_average": float(config.z_average) if model.task == "segment" else 0.0,
+            "mean_correction": getattr(planes, "mean_correction", 0.0)}
     yield RunStarted(kind="predict", total_steps=total, device=str(device), info=info)
     started = time.perf_counter()
     sinks = make_sinks(planes.specs(shape, image.dtype))

@@ -219,12 +219,17 @@ def iter_finetune_restoration(
     if image.ndim == 3:
         z_preview = preview_z if preview_z is not None and 0 <= preview_z < image.shape[0] else image.shape[0] // 2
 
+    correction = model_mean_correction(task, config, paired=target is not None)
+
     def restore_plane(plane: np.ndarray) -> np.ndarray:
         return restore_normalized(fn, plane, task, factor, tile=tile, overlap=overlap, multiple=multiple, cancel=cancel)
 
     def preview_fn(step: int) -> Preview:
         plane = norm[z_preview] if z_preview is not None else norm
-        return Preview(step=step, data=denormalize(restore_plane(plane), stats, task), z=z_preview)
+        restored = restore_plane(plane)
+        if correction:  # as Apply will give it
+            restored = denoise.mean_correction(restored, plane, correction)
+        return Preview(step=step, data=denormalize(restored, stats, task), z=z_preview)
 
     yield RunStarted(
         kind="finetune", total_steps=total_steps, device=str(device),
@@ -242,12 +247,17 @@ def iter_finetune_restoration(
         metrics["views"] = len(views)
     meta = build_meta(
         net, task=task, out_channels=1, factor=factor, normalization=dict(NORMALIZATION), tile=tile, overlap=overlap,
-        seed=config.seed, config=config.to_dict(),
+        **({"mean_correction": correction} if task == "denoise" else {}), seed=config.seed, config=config.to_dict(),
         lineage={"init": init_info, "finetune": {"source": source, "shape": list(image.shape), "paired": target is not None,
                                                  **mode_info, "steps": state.step, "completed": not state.cancelled}},
         metrics=metrics,
     )
     yield from _finish_events(TrainedModel(net=net.cpu(), meta=meta, log=state.log or []), out_dir, state, started, device)
+
+
+def model_mean_correction(task: str, config: FinetuneConfig, *, paired: bool) -> float:
+    """The mean-correction sigma (px) a model records: self-supervised denoising only (0: none)."""
+    return float(config.mean_correction) if task == "denoise" and not paired else 0.0
 
 
 def _total_steps(config: FinetuneConfig, image: np.ndarray, patch: int) -> int:

@@ -53,6 +53,10 @@ def test_defaults_are_valid():
         ({"mask_replace": "median"}, "mask_replace must be one of mean, neighbour"),
         ({"mask_replace": None}, "mask_replace must be one of"),
         ({"denoise_loss": "n2v"}, "denoise_loss must be one of re-visible, blind-spot"),
+        ({"mean_correction": -1.0}, "mean_correction must be a low-pass sigma"),
+        ({"mean_correction": 1e6}, "mean_correction must be a low-pass sigma"),
+        ({"mean_correction": float("nan")}, "mean_correction must be a number"),
+        ({"mean_correction": "16"}, "mean_correction must be a number"),
     ],
 )
 def test_finetune_config_rejects_bad_values(changes, words):

@@ -185,6 +185,49 @@ def test_denoise_stack_slice_by_slice_and_saved_model_gives_identical_output(tin
     assert kept.image.dtype == np.uint16 and "clipped_pixels" in kept.info
 
 
+def test_mean_correction_removes_a_slow_offset_and_keeps_the_rest():
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:96, 0:128].astype(np.float32)
+    clean = 100 + 40 * np.sin(xx / 3.0) * np.cos(yy / 4.0)  # fine structure the correction must not touch
+    noisy = (clean + rng.normal(0.0, 10.0, clean.shape)).astype(np.float32)
+    offset = 5.0 + 0.05 * xx  # what a denoiser's output may be off by, slowly varying
+    restored = clean + offset
+    corrected = denoise.mean_correction(restored, noisy, 16.0)
+    assert corrected.dtype == np.float32 and corrected.shape == clean.shape
+    before, after = np.mean((restored - clean) ** 2), np.mean((corrected - clean) ** 2)
+    assert after < before / 20  # the offset is gone (what is left: the noise averaged over ~3000 pixels, and borders)
+    assert abs(float(np.mean(corrected - clean))) < 0.5
+    np.testing.assert_array_equal(denoise.mean_correction(restored, noisy, 0.0), restored.astype(np.float32))
+    with pytest.raises(ValueError, match="two 2D planes of one shape"):
+        denoise.mean_correction(restored, noisy[:-1], 16.0)
+
+
+def test_self_supervised_denoising_records_and_applies_the_mean_correction(tiny_config):
+    from napari_emssl.engine.model_dir import TrainedModel
+
+    _, noisy = _clean_and_noisy(seed=5, shape=(48, 64))
+    model = api.finetune(noisy, config=tiny_config(task="denoise", steps=3)).model
+    assert model.meta["mean_correction"] == FinetuneConfig.mean_correction == 16.0
+    bare = TrainedModel(net=model.net, meta={**model.meta, "mean_correction": 0.0})
+    stack = np.stack([noisy, noisy[::-1] * 2.0])
+    for image in (noisy, stack):
+        events = list(api.iter_predict(model, image, PredictConfig(device="cpu", tta=False)))
+        assert events[0].info["mean_correction"] == 16.0
+        corrected, plain = events[-1].result.image, api.predict(bare, image, PredictConfig(device="cpu", tta=False)).image
+        assert not np.allclose(corrected, plain)
+        # the same as correcting the plain output afterwards, slice by slice, in the image's units
+        expect = np.stack([denoise.mean_correction(p, n, 16.0) for p, n in zip(plain.reshape((-1,) + noisy.shape),
+                                                                                  image.reshape((-1,) + noisy.shape))])
+        np.testing.assert_allclose(corrected, expect.reshape(image.shape), rtol=1e-5, atol=1e-4 * float(np.ptp(image)))
+    off = api.finetune(noisy, config=tiny_config(task="denoise", steps=3, mean_correction=0.0)).model
+    assert off.meta["mean_correction"] == 0.0
+    np.testing.assert_array_equal(api.predict(off, noisy, PredictConfig(device="cpu")).image,
+                                  api.predict(bare, noisy, PredictConfig(device="cpu")).image)  # the same weights: seed 0
+    clean, _ = _clean_and_noisy(seed=5, shape=(48, 64))
+    paired = api.finetune(noisy, config=tiny_config(task="denoise", steps=2), target=clean).model
+    assert paired.meta["mean_correction"] == 0.0  # a clean target may differ from the input in brightness
+
+
 # ---------------------------------------------------------------------------------------------- superres
 
 

@@ -29,6 +29,11 @@ def test_denoise_in_the_widgets(qtbot, viewer_widgets, notes, wait_idle):
     loss = finetune.task_rows.loss_combo
     assert loss.isVisibleTo(finetune) and finetune.config().denoise_loss == "re-visible"  # the default
     loss.setCurrentIndex(loss.findData("blind-spot"))
+    mean = finetune.task_rows.mean_spin
+    assert mean.isVisibleTo(finetune) and finetune.config().mean_correction == 16.0  # the default
+    mean.setValue(0.0)
+    assert mean.text() == "off" and finetune.config().mean_correction == 0.0
+    mean.setValue(8.0)
     finetune.steps_spin.setValue(6)
     strokes_before = viewer.layers["crop strokes"].data.copy()
     assert finetune.start()
@@ -38,6 +43,7 @@ def test_denoise_in_the_widgets(qtbot, viewer_widgets, notes, wait_idle):
     assert finetune.trained_model.task == "denoise"
     assert finetune.trained_model.meta["lineage"]["finetune"]["mask_replace"] == "neighbour"
     assert finetune.trained_model.meta["lineage"]["finetune"]["denoise_loss"] == "blind-spot"
+    assert finetune.trained_model.meta["mean_correction"] == 8.0
     preview = viewer.layers["crop preview"]
     assert isinstance(preview, Image) and preview.data.shape == (2, 96, 96) and preview.data.dtype == np.float32
     np.testing.assert_array_equal(viewer.layers["crop strokes"].data, strokes_before)
@@ -77,6 +83,7 @@ def test_superres_with_a_target_layer_shows_psnr_and_overlays(qtbot, viewer_widg
     assert finetune.task_rows.factor_combo.isVisibleTo(finetune)
     assert not finetune.task_rows.mask_combo.isVisibleTo(finetune)  # denoising only
     assert not finetune.task_rows.loss_combo.isVisibleTo(finetune)
+    assert not finetune.task_rows.mean_spin.isVisibleTo(finetune)
     assert finetune.start()
     wait_idle(finetune)
     assert not notes.errors(), notes.errors()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from napari.layers import Image
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QWidget
+from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QFormLayout, QLabel, QWidget
 
 from ..config import FACTORS, FinetuneConfig
 from ._controls import LayerCombo
@@ -42,6 +42,9 @@ LOSS_CHOICES = (
 LOSS_TIP = ("The blind-spot loss trains the network only on pixels it cannot see. The re-visible loss adds a term "
             "that teaches it how to use each pixel's own value, which it does see when applied: better on 3 of the 4 "
             "benchmark images (up to +0.65 dB, -0.19 on one), training takes 35-50 % longer (docs/benchmarks.md).")
+MEAN_TIP = ("After denoising, add back the Gaussian low-pass (this sigma, in pixels) of what was removed, so the result "
+             "keeps the input's local brightness: the noise averages out, a slow offset of the network does not. "
+             "Helps most on smooth images (+0.5 dB on a detector image, docs/benchmarks.md). 0: off.")
 TARGET_TIPS = {
     "denoise": "Optional: a clean (e.g. high-dose) image of the same field of view, in the image's intensity units",
     "bgremove": "Optional: the same field of view without noise and background, in the image's intensity units",
@@ -65,6 +68,15 @@ class TaskRows(QWidget):
             self.factor_combo.addItem(f"x{f}", f)
         self.mask_combo = _choice_combo(parent, MASK_CHOICES, FinetuneConfig.mask_replace, MASK_TIP)
         self.loss_combo = _choice_combo(parent, LOSS_CHOICES, FinetuneConfig.denoise_loss, LOSS_TIP)
+        self.mean_spin = QDoubleSpinBox(parent)
+        self.mean_spin.setRange(0.0, 1024.0)
+        self.mean_spin.setDecimals(0)
+        self.mean_spin.setSingleStep(4.0)
+        self.mean_spin.setSuffix(" px")
+        self.mean_spin.setSpecialValueText("off")
+        self.mean_spin.setValue(FinetuneConfig.mean_correction)
+        self.mean_spin.setToolTip(MEAN_TIP)
+        self._mean_label = QLabel("Mean correction", parent)
         self._mask_label = QLabel("Hidden pixels show", parent)
         self._loss_label = QLabel("Loss", parent)
         self.hint = QLabel(parent)
@@ -81,6 +93,7 @@ class TaskRows(QWidget):
         form.addRow(self._factor_label, self.factor_combo)
         form.addRow(self._mask_label, self.mask_combo)
         form.addRow(self._loss_label, self.loss_combo)
+        form.addRow(self._mean_label, self.mean_spin)
         self._update()
 
     def task(self) -> str:
@@ -100,6 +113,10 @@ class TaskRows(QWidget):
         """The self-supervised denoising loss (the default for the other tasks)."""
         return self.loss_combo.currentData() if self.task() == "denoise" else FinetuneConfig.denoise_loss
 
+    def mean_correction(self) -> float:
+        """The mean-correction sigma (px) of self-supervised denoising (the default for the other tasks)."""
+        return float(self.mean_spin.value()) if self.task() == "denoise" else FinetuneConfig.mean_correction
+
     def target_layer(self):
         return self.target_combo.layer() if self.task() != "segment" else None
 
@@ -116,7 +133,7 @@ class TaskRows(QWidget):
         self.target_combo.setToolTip(TARGET_TIPS.get(task, ""))
         self._factor_label.setVisible(task == "superres")
         self.factor_combo.setVisible(task == "superres")
-        for widget in (self._mask_label, self.mask_combo, self._loss_label, self.loss_combo):
+        for widget in (self._mask_label, self.mask_combo, self._loss_label, self.loss_combo, self._mean_label, self.mean_spin):
             widget.setVisible(task == "denoise")
         self.hint.setText(HINTS[task])
         self.task_changed.emit(task)

@@ -26,6 +26,8 @@ MASK_REPLACEMENTS = ("mean", "neighbour")
 #: the training loss of self-supervised denoising (see ``tasks/denoise.py``): blind spot plus the re-visible term, or the
 #: blind-spot loss alone
 DENOISE_LOSSES = ("re-visible", "blind-spot")
+#: self-supervised denoising: sigma (px) of the low-pass of the residual added back after prediction (see ``tasks/denoise.py``)
+MEAN_CORRECTION = 16.0
 #: test-time augmentation is on by default for inputs of at most this many pixels (one 4096 x 4096 image)
 TTA_AUTO_MAX_PIXELS = 4096 * 4096
 
@@ -80,6 +82,10 @@ class FinetuneConfig:
     # self-supervised denoising: "re-visible" (blind spot + the re-visible term: the network learns how much of a
     # pixel's own value to use) or "blind-spot" (the blind-spot loss alone, the default before 0.1.0)
     denoise_loss: str = "re-visible"
+    # self-supervised denoising: the restored image gets back the Gaussian low-pass (sigma in px) of what it removed,
+    # so it keeps the input's local mean (the noise has zero mean); recorded in the model, applied by every prediction.
+    # 0: off (the behaviour before 0.1.0)
+    mean_correction: float = MEAN_CORRECTION
     schema_version: int = SCHEMA_VERSION
 
     DEFAULT_STEPS = 600
@@ -111,6 +117,9 @@ class FinetuneConfig:
             raise InputError(f"mask_replace must be one of {', '.join(MASK_REPLACEMENTS)}, got {self.mask_replace!r}")
         if self.denoise_loss not in DENOISE_LOSSES:
             raise InputError(f"denoise_loss must be one of {', '.join(DENOISE_LOSSES)}, got {self.denoise_loss!r}")
+        _number("mean_correction", self.mean_correction)
+        if not 0.0 <= self.mean_correction <= 1024.0:
+            raise InputError(f"mean_correction must be a low-pass sigma in pixels between 0 (off) and 1024, got {self.mean_correction}")
         if self.patch_size < 16:
             raise InputError(f"patch_size must be at least 16 pixels, got {self.patch_size}")
         for name in ("lr", "weight_decay", "dice_weight", "preview_every_s"):

@@ -117,6 +117,8 @@ def validate_model_meta(meta: Any, *, source: str = "model.json", tasks: tuple[s
         c.string("input_axes", meta["input_axes"])
     if "factor" in meta and (not _is_int(meta["factor"]) or meta["factor"] not in FACTORS):
         c.fail("factor", f"one of {', '.join(map(str, FACTORS))}", meta["factor"])
+    if "mean_correction" in meta and (not _is_number(meta["mean_correction"]) or meta["mean_correction"] < 0):
+        c.fail("mean_correction", "a low-pass sigma in pixels >= 0", meta["mean_correction"])
     for name in ("config", "lineage", "metrics"):
         if name in meta:
             c.obj(name, meta[name])

@@ -143,8 +143,10 @@ def _our_prediction(model: TrainedModel, raw: np.ndarray, spec: GraphSpec) -> np
     config = PredictConfig(device="cpu", tile=grid, overlap=0, batch_size=1, amp=False, probabilities=True,
                            tta=False)  # the exported graph is one view
     training = model.net.training
+    # the exported graph is the network alone: no mean correction (whole-image post-processing, see the package's docs)
+    bare = TrainedModel(net=model.net, meta={**model.meta, "mean_correction": 0.0}, log=model.log)
     try:
-        result = api.predict(model, raw, config)
+        result = api.predict(bare, raw, config)
     finally:
         model.net.train(training)  # predict switches the network to eval mode: leave the caller's model as it was
     if spec.task == "segment":

@@ -77,6 +77,11 @@ def readme(model: TrainedModel, name: str, spec: GraphSpec, weights: dict[str, f
         unit = ("the normalised units of the input" if task == "denoise"
                 else "units of (p_high - p_low) of the input, without offset (0 = no signal)")
         lines += [f"Input: one greyscale image (batch, channel, y, x). Output: the {TASK_WORDS[task]} result in {unit}."]
+        if task == "denoise" and meta.get("mean_correction"):
+            lines += ["", f"Mean correction: napari-emssl adds to the output the Gaussian low-pass (sigma "
+                      f"{_fmt(meta['mean_correction'])} px, borders reflected) of input minus output, over the whole "
+                      "image, so the result keeps the input's local mean. It is not part of the exported graph (it needs "
+                      "the whole image, not a tile): add it after the graph to get napari-emssl's result."]
     back = ("" if task == "segment" else " For grey values again, multiply the output by `(p_high - p_low)`"
             + (" (no offset: background removal)." if task == "bgremove" else " and add `p_low`."))
     lines += ["", f"Preprocessing: percentile normalisation, `(x - p_low) / (p_high - p_low)` with p_low, p_high the "
