@@ -312,15 +312,23 @@ def _runs_footer(runs: list[dict], env: str | None = None) -> list[str]:
             + " and ".join(f"`{_denoise_command(r)}`" for r in runs) + "."]
 
 
-def _restoration_runs(task: str, loss: str | None = None) -> dict | None:
+def _correction(run: dict) -> float:
+    """The mean-correction sigma of a result file's denoiser (files without the key were written before it existed)."""
+    return float(run.get("mean_correction", 0.0))
+
+
+def _restoration_runs(task: str, loss: str | None = None, corrected: bool | None = None) -> dict | None:
     """``restoration_<task>*.json`` merged (runs split over processes): the first file's settings, all rows.
 
     ``loss``: only the files of our denoiser trained with that loss (and the files without our rows).
+    ``corrected=False``: only the files of our denoiser without the mean correction (and those without our rows).
     """
     paths = sorted((HERE / "results").glob(f"restoration_{task}*.json"))
     runs = [json.loads(p.read_text()) for p in paths]
     if loss is not None:
         runs = [r for r in runs if _loss(r) == loss or not _has_ours(r)]
+    if corrected is False:
+        runs = [r for r in runs if not _correction(r) or not _has_ours(r)]
     if not runs:
         return None
     merged = dict(runs[0], rows=[row for r in runs for row in r["rows"]], images={})
@@ -329,6 +337,7 @@ def _restoration_runs(task: str, loss: str | None = None) -> dict | None:
         merged.update({k: ours[-1][k] for k in ("steps", "mask_fraction") if k in ours[-1]})
         merged["mask_replace"] = ours[-1].get("mask_replace", "mean")  # files without the key were written before it
         merged["denoise_loss"] = _loss(ours[-1])
+        merged["mean_correction"] = _correction(ours[-1])
     merged["timing_note"] = next((r["timing_note"] for r in reversed(runs) if r.get("timing_note")), None)  # the latest
     for r in runs:
         merged["images"].update(r["images"])
@@ -358,7 +367,8 @@ def restoration_section(run: dict) -> list[str]:
                     if any(r["method"] == "n2v_long" for r in rows) else "") + "); "
                  f"ours is `emssl finetune --task denoise` with the defaults of the time ({run['steps']} steps, bundled "
                  f"weights, blind-spot share {run.get('mask_fraction', 0.01):g}, masked pixels showing "
-                 f"{REPLACE_TEXT[run.get('mask_replace', 'mean')]}, {LOSS_TEXT[_loss(run)]}) and ours_random the same "
+                 f"{REPLACE_TEXT[run.get('mask_replace', 'mean')]}, {LOSS_TEXT[_loss(run)]}"
+                 + (f", mean correction {_correction(run):g} px" if _correction(run) else "") + ") and ours_random the same "
                  "from random weights; "
                  "ours_tta is the mean of the 8 flips/rotations, what `emssl predict` and the Apply widget give by default "
                  "for a single 2D image (ours: one view, the default for stacks). The bundled weights were pretrained "
@@ -648,8 +658,8 @@ def error_bands_section(runs: list[dict]) -> list[str]:
              "each band x 1e-6); leak: the regression coefficient of the error on the true noise, how much of a pixel's own "
              "noise is passed through; bias: the mean error over the bright half of the pixels (clean above the median) "
              f"and the dark half; and the PSNR after adding back the Gaussian low-pass (sigma {lowpass} px) of the residual, "
-             "noisy minus denoised, which has zero mean where only noise was removed (measured, not a method of the "
-             "package):",
+             "noisy minus denoised, which has zero mean where only noise was removed (applied here to the saved outputs; "
+             "since then the package's default, \"Mean correction\" below). Ours is the network's output without it:",
              "",
              "| image | seed | method | PSNR | " + " | ".join(f"{n} px" for n in names) + " | leak | bias bright / dark | "
              f"+ low-pass {lowpass} px of the residual |",
@@ -1102,7 +1112,9 @@ def main() -> None:
         lines += [""] + sweep_section(sweep)
     for task in ("denoise", "superres"):
         run = _restoration_runs(task)
-        # the sections below were measured with the blind-spot loss alone: compared with the main table's rows of that loss
+        # the sections below were measured without the mean correction: compared with the main table's rows without it
+        plain = _restoration_runs(task, corrected=False) if task == "denoise" else run
+        # and some with the blind-spot loss alone: compared with the main table's rows of that loss
         blind = _restoration_runs(task, loss="blind-spot") if task == "denoise" else None
         if run:
             lines += [""] + restoration_section(run) + ["", f"![PSNR per image and method]({plot_restoration(run)})"]
@@ -1114,7 +1126,7 @@ def main() -> None:
             neighbour = [json.loads(p.read_text()) for p in sorted(results.glob(f"revisible_neighbour_{task}_*.json"))]
             neighbour_blind = [json.loads(p.read_text()) for p in sorted(results.glob(f"blind_spot_replace_{task}_neighbour*.json"))]
             longer = [json.loads(p.read_text()) for p in sorted(results.glob(f"revisible_longer_{task}_*.json"))]
-            lines += [""] + loss_section(run, blind, neighbour, neighbour_blind, longer)
+            lines += [""] + loss_section(plain, blind, neighbour, neighbour_blind, longer)
             run_for_ablations = blind
         else:
             run_for_ablations = run
@@ -1131,17 +1143,17 @@ def main() -> None:
                      if r["task"] == task]
         if fractions and run:  # with the runs of one neighbour shown at the default share, for comparison
             neighbour_default = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob(f"revisible_neighbour_{task}_*.json"))]
-            lines += [""] + revisible_fraction_section(fractions + neighbour_default, run)
+            lines += [""] + revisible_fraction_section(fractions + neighbour_default, plain)
         seed1 = [r for r in (json.loads(p.read_text()) for p in sorted((HERE / "results").glob("seed1_fraction_*.json")))
                  if r["task"] == task]
         if seed1 and reseed:
-            lines += [""] + reseed_fraction_section(seed1, reseed, fractions, run)
+            lines += [""] + reseed_fraction_section(seed1, reseed, fractions, plain)
         unleaked = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob(f"unleaked_*{task}_*.json"))]
         if unleaked and run:
             earlier = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob("*.json"))
                        if not p.name.startswith("unleaked_")]
             earlier = [r for r in earlier if r.get("task") == task and r.get("rows")]
-            lines += [""] + unleaked_section(unleaked, earlier, run)
+            lines += [""] + unleaked_section(unleaked, earlier, plain)
         bands = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob(f"error_bands_{task}*.json"))]
         if bands:
             lines += [""] + error_bands_section(bands)
@@ -1150,7 +1162,7 @@ def main() -> None:
             lines += [""] + mean_correction_section(every)
         archs = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob(f"arch_{task}_*.json"))]
         if archs:
-            lines += [""] + arch_section(archs, run)
+            lines += [""] + arch_section(archs, plain)
     throughput = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob("prediction_throughput_*.json"))]
     if throughput:
         lines += [""] + throughput_section(throughput) + [f"![Prediction throughput]({plot_throughput(throughput)})"]
