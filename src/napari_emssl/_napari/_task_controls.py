@@ -44,7 +44,7 @@ LOSS_TIP = ("The blind-spot loss trains the network only on pixels it cannot see
             "benchmark images (up to +0.65 dB, -0.19 on one), training takes 35-50 % longer (docs/benchmarks.md).")
 MEAN_TIP = ("After denoising, add back the Gaussian low-pass (this sigma, in pixels) of what was removed, so the result "
              "keeps the input's local brightness: the noise averages out, a slow offset of the network does not. "
-             "Helps most on smooth images (+0.5 dB on a detector image, docs/benchmarks.md). 0: off.")
+             "On the 8 benchmark images -0.00 to +0.50 dB, most on smooth images (docs/benchmarks.md). 0: off.")
 TARGET_TIPS = {
     "denoise": "Optional: a clean (e.g. high-dose) image of the same field of view, in the image's intensity units",
     "bgremove": "Optional: the same field of view without noise and background, in the image's intensity units",
