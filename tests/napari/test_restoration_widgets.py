@@ -48,7 +48,7 @@ def test_denoise_in_the_widgets(qtbot, viewer_widgets, notes, wait_idle):
     assert isinstance(preview, Image) and preview.data.shape == (2, 96, 96) and preview.data.dtype == np.float32
     np.testing.assert_array_equal(viewer.layers["crop strokes"].data, strokes_before)
 
-    assert "denoised" in apply.model_info.text()
+    assert "denoised" in apply.model_info.text() and "mean correction 8 px" in apply.model_info.text()
     apply.images.select_layers([viewer.layers["crop"]])
     assert apply.start()
     wait_idle(apply)
