@@ -674,8 +674,12 @@ def error_bands_section(runs: list[dict]) -> list[str]:
     return lines
 
 
-def mean_correction_section(runs: list[dict]) -> list[str]:
-    """The mean correction on every image and both noise draws (``error_bands_*.json``: ours without it, then with it)."""
+def mean_correction_section(runs: list[dict], neighbour: list[dict] | None = None, before: list[dict] | None = None) -> list[str]:
+    """The mean correction on every image and both noise draws (``error_bands_*.json``: ours without it, then with it).
+
+    ``neighbour``: runs with one neighbour shown and the correction (``mean_correction_neighbour_*.json``), beside
+    ``before``, the same runs without it (``unleaked_neighbour_denoise_*.json``).
+    """
     held_out = ("stem_abf", "sem_nanowires_05", "sem_nanowires_12", "sstem_stack1")  # restoration.HELD_OUT
     cells: dict[tuple[str, int], dict[str, dict]] = {}
     for run in runs:
@@ -719,6 +723,18 @@ def mean_correction_section(runs: list[dict]) -> list[str]:
               f"of {len(margins)} and below BM3D on {sum(m < 0 for m in margins)}. What it gains follows the error coarser "
               "than 16 px the network left (last column), as a share of its whole error: that offset comes and goes from one training run to the next "
               "(the same image with another noise draw), and where it is absent the correction changes next to nothing."]
+    earlier = {(r["rows"][0]["image"], r.get("seed", 0)): r for r in before or [] if not _correction(r)}
+    for run in neighbour or []:
+        image, seed = run["rows"][0]["image"], run.get("seed", 0)
+        now = next(r for r in run["rows"] if r["method"] == "ours_tta")
+        old = earlier.get((image, seed))
+        was = next((r for r in old["rows"] if r["method"] == "ours_tta"), None) if old else None
+        bm3d = cells.get((image, seed), {}).get("bm3d")
+        lines += ["", f"With one neighbour shown (`--mask-replace neighbour`), {image}, seed {seed}: {now['psnr']:.2f} dB "
+                  "(8-view) with the correction"
+                  + (f", {was['psnr']:.2f} without it ({now['psnr'] - was['psnr']:+.2f})" if was else "")
+                  + (f"; minus BM3D {now['psnr'] - bm3d['psnr']:+.2f} dB" if bm3d else "")
+                  + f". Command: `{_denoise_command(run)}`."]
     lines += _runs_footer(runs, "EMSSL_DATA=../shared/data PYTHONPATH=.bench-site:src")
     return lines
 
@@ -1162,7 +1178,10 @@ def main() -> None:
             lines += [""] + error_bands_section(bands)
         every = bands + [json.loads(p.read_text()) for p in sorted((HERE / "results").glob("error_bands_all_*.json"))]
         if every and task == "denoise":
-            lines += [""] + mean_correction_section(every)
+            results = HERE / "results"
+            lines += [""] + mean_correction_section(
+                every, [json.loads(p.read_text()) for p in sorted(results.glob(f"mean_correction_neighbour_{task}_*.json"))],
+                [json.loads(p.read_text()) for p in sorted(results.glob(f"unleaked_neighbour_{task}_*.json"))])
         archs = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob(f"arch_{task}_*.json"))]
         if archs:
             lines += [""] + arch_section(archs, plain)
