@@ -31,6 +31,7 @@ from .engine.model_dir import TrainedModel
 from .engine.device import release_device_memory, resolve_device
 from .engine.predictor import auto_batch_size, choose_tiling, forward_fn
 from .errors import InputError, ModelFormatError
+from .tasks.denoise import mean_correction
 from .tasks.segmentation import probabilities_to_labels, z_neighbour_mean
 
 NORMALIZATION = {"method": "percentile", "low": 1.0, "high": 99.8}
@@ -211,8 +212,6 @@ class RestorePlanes(_Planes):
                 yield done + view_done, None
         restored = acc / len(self.views)
         if self.mean_correction:
-            from .tasks.denoise import mean_correction
-
             restored = mean_correction(restored, plane, self.mean_correction)
         restored = denormalize(restored, self.stats, self.task)
         if self.config.keep_dtype:
