@@ -2,7 +2,8 @@
 
 Adds the restoration benchmark's noise (``restoration.py``: dose 20, read 0.02, ``--seed``) to
 one of its images, denoises it with BM3D (true noise parameters) and with ours (``emssl
-finetune --task denoise`` defaults without the mean correction, ``--mean-correction 0``: the network's
+finetune --task denoise`` defaults without the leak and mean corrections, ``--leak-correction 0
+--mean-correction 0``: the network's
 own output; one view and the 8-view average), then reports for each:
 
 - PSNR, and the mean squared error split into spatial bands with Gaussian low-passes of
@@ -51,9 +52,10 @@ def denoised(name: str, seed: int, cache: Path | None) -> dict[str, np.ndarray]:
     clean = bench.load_clean(name)
     noisy = bench.add_noise(clean, 20.0, 0.02, seed)
     out = {"clean": clean, "noisy": noisy, "bm3d": bench.run_bm3d(noisy, 20.0, 0.02)}
-    # the network's own output: the mean correction is what lowpass_<s> measures, so it is off here
+    # the network's own output: the mean correction is what lowpass_<s> measures, so it is off here (the leak
+    # correction too: benchmarks/leak_correction.py measures it)
     result = api.finetune(noisy, config=FinetuneConfig(task="denoise", device="cpu", preview_every_s=0, seed=seed,
-                                                       mean_correction=0.0))
+                                                       mean_correction=0.0, leak_correction=0.0))
     out["ours"] = api.predict(result.model, noisy, PredictConfig(device="cpu", tta=False)).image
     out["ours_tta"] = api.predict(result.model, noisy, PredictConfig(device="cpu", tta=True)).image
     if path is not None:

@@ -183,7 +183,7 @@ def run_ours(noisy, args, init=None, **_):
     """Fine-tune with the task's defaults, predict; with ``--tta`` also the 8-view average (row ``<method>_tta``)."""
     config = FinetuneConfig(task=args.task, arch=args.arch, arch_kwargs=args.arch_kwargs, init=init or args.init, device=args.device, preview_every_s=0, steps=args.steps, seed=args.seed,
                             mask_fraction=args.mask_fraction, mask_replace=args.mask_replace, denoise_loss=args.denoise_loss,
-                            mean_correction=args.mean_correction)
+                            mean_correction=args.mean_correction, leak_correction=args.leak_correction)
     result = api.finetune(noisy, config=config)
     out = api.predict(result.model, noisy, PredictConfig(device=args.device, tta=False))
     extra = {"init": result.model.meta["lineage"]["init"].get("init"), "steps": result.steps,
@@ -274,6 +274,9 @@ def main() -> None:
                         help="training loss of our denoiser (default: the package default)")
     parser.add_argument("--mean-correction", type=float, default=FinetuneConfig.mean_correction,
                         help="low-pass sigma (px) of our denoiser's mean correction, 0: off (default: the package default)")
+    parser.add_argument("--leak-correction", type=float, default=FinetuneConfig.leak_correction,
+                        help="share of the own-pixel weight our denoiser takes out after prediction, 0: off "
+                             "(default: the package default)")
     parser.add_argument("--tta", action="store_true", help="also score our models with the 8-view test-time average")
     parser.add_argument("--jinv", action="store_true",
                         help="denoise: also score our models with each pixel predicted while hidden (rows <method>_jinv)")
@@ -327,7 +330,7 @@ def main() -> None:
                 "steps": args.steps or FinetuneConfig(task=args.task).default_steps, "n2v": {"epochs": args.n2v_epochs,
                 "steps_per_epoch": args.n2v_steps, "long_epochs": args.n2v_long_epochs, "batch": 16, "patch": 64},
                 "seed": args.seed, "mask_fraction": args.mask_fraction, "mask_replace": args.mask_replace,
-                "denoise_loss": args.denoise_loss, "mean_correction": args.mean_correction, "arch": args.arch, "arch_kwargs": args.arch_kwargs, "held_out": [k for k in args.images if k in HELD_OUT],
+                "denoise_loss": args.denoise_loss, "mean_correction": args.mean_correction, "leak_correction": args.leak_correction, "arch": args.arch, "arch_kwargs": args.arch_kwargs, "held_out": [k for k in args.images if k in HELD_OUT],
                 "not_pretrained_on": [k for k in args.images if k in NOT_PRETRAINED_ON],
                 "device": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, "
                           f"{torch.get_num_threads()} threads",

@@ -173,6 +173,7 @@ def finetune(args) -> int:
         epochs=args.epochs, batch_size=args.batch_size, patch_size=args.patch_size, lr=args.lr, seed=args.seed,
         device=args.device, preview_every_s=0, factor=args.factor, mask_fraction=args.mask_fraction,
         mask_replace=args.mask_replace, denoise_loss=args.denoise_loss, mean_correction=args.mean_correction,
+        leak_correction=args.leak_correction,
     )
     token = CancelToken()
     progress = Progress("fine-tune", args.quiet)

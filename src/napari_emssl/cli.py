@@ -88,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="self-supervised denoising: after prediction, add back the Gaussian low-pass (sigma PX pixels) "
                          "of what was removed, so the result keeps the input's local mean; recorded in the model "
                          f"(default {FinetuneConfig.mean_correction:g}; 0: off)")
+    ft.add_argument("--leak-correction", type=float, default=FinetuneConfig.leak_correction, metavar="F",
+                    help="self-supervised denoising: after prediction, take out this share of the weight the network "
+                         "gives each pixel's own value (its own noise), measured with one more network pass; recorded "
+                         f"in the model (default {FinetuneConfig.leak_correction:g}; 0: off; 1: each pixel from its "
+                         "neighbours alone)")
     common(ft)
 
     pr = sub.add_parser("predict", help="apply a model to images, folders or globs; writes OUT/<input stem>.tif",

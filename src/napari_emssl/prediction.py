@@ -31,7 +31,7 @@ from .engine.model_dir import TrainedModel
 from .engine.device import release_device_memory, resolve_device
 from .engine.predictor import auto_batch_size, choose_tiling, forward_fn
 from .errors import InputError, ModelFormatError
-from .tasks.denoise import mean_correction
+from .tasks.denoise import LEAK_PROBE, leak_correction, leak_probe, mean_correction, own_pixel_weight
 from .tasks.segmentation import probabilities_to_labels, z_neighbour_mean
 
 NORMALIZATION = {"method": "percentile", "low": 1.0, "high": 99.8}
@@ -173,6 +173,8 @@ class RestorePlanes(_Planes):
         self.fn = forward_fn(model.net, device, amp=config.amp, activation="none")
         # self-supervised denoising: sigma (px) of the residual's low-pass added back (tasks/denoise.py; 0 or absent: none)
         self.mean_correction = float(model.meta.get("mean_correction", 0.0)) if self.task == "denoise" else 0.0
+        # self-supervised denoising: share of the own-pixel weight taken out (tasks/denoise.py; 0 or absent: none)
+        self.leak_correction = float(model.meta.get("leak_correction", 0.0)) if self.task == "denoise" else 0.0
         self.views = DIHEDRAL[:1]  # set_shape: all 8 when the config's tta asks for it
         self.stats: NormStats | None = None
         self.dtype = None
@@ -192,25 +194,37 @@ class RestorePlanes(_Planes):
         f = self.factor
         shapes = [(plane_shape[1] * f, plane_shape[0] * f) if k % 2 else (plane_shape[0] * f, plane_shape[1] * f)
                   for k, _ in self.views]
+        if self.leak_correction:  # one more pass, on the probed input
+            shapes.append((plane_shape[0] * f, plane_shape[1] * f))
         return sum(tile_count(s, self.tile, self.overlap) for s in shapes)
 
-    def run(self, plane: np.ndarray, cancel):
-        from .restoration import _dihedral, _dihedral_inverse, _network_input, denormalize, to_dtype
+    def _view(self, plane: np.ndarray, k: int, flip: bool, done: int, cancel):
+        """The network's output for one view of ``plane``, turned back; yields the tiles done (``done`` + this view's)."""
+        from .restoration import _dihedral, _dihedral_inverse, _network_input
 
-        acc, done = None, 0
-        for k, flip in self.views:
-            grid, run = _network_input(_dihedral(plane, k, flip), self.fn, self.task, self.factor)
-            steps = self._tiled(run, grid, 1, cancel)
-            while True:
-                try:
-                    view_done, _ = next(steps)
-                except StopIteration as stop:
-                    back = _dihedral_inverse(stop.value[0], k, flip)
-                    acc = back if acc is None else acc + back
-                    done += view_done
-                    break
-                yield done + view_done, None
+        grid, run = _network_input(_dihedral(plane, k, flip), self.fn, self.task, self.factor)
+        steps = self._tiled(run, grid, 1, cancel)
+        while True:
+            try:
+                view_done, _ = next(steps)
+            except StopIteration as stop:
+                return _dihedral_inverse(stop.value[0], k, flip), view_done
+            yield done + view_done, None
+
+    def run(self, plane: np.ndarray, cancel):
+        from .restoration import denormalize, to_dtype
+
+        acc, plain, done = None, None, 0
+        for k, flip in self.views:  # the identity view first
+            back, view_done = yield from self._view(plane, k, flip, done, cancel)
+            plain = back if plain is None else plain
+            acc = back if acc is None else acc + back
+            done += view_done
         restored = acc / len(self.views)
+        if self.leak_correction:
+            probe = leak_probe(plane.shape)
+            probed, _ = yield from self._view(plane + LEAK_PROBE * probe, 0, False, done, cancel)
+            restored = leak_correction(restored, plane, own_pixel_weight(plain, probed, probe), self.leak_correction)
         if self.mean_correction:
             restored = mean_correction(restored, plane, self.mean_correction)
         restored = denormalize(restored, self.stats, self.task)
@@ -274,7 +288,8 @@ def _apply(model, net, image, shape, config, make_sinks, device, cancel, name) -
             "factor": getattr(planes, "factor", 1),
             "tta": model.task != "segment" and len(planes.views) > 1,
             "z_average": float(config.z_average) if model.task == "segment" else 0.0,
-            "mean_correction": getattr(planes, "mean_correction", 0.0)}
+            "mean_correction": getattr(planes, "mean_correction", 0.0),
+            "leak_correction": getattr(planes, "leak_correction", 0.0)}
     yield RunStarted(kind="predict", total_steps=total, device=str(device), info=info)
     started = time.perf_counter()
     sinks = make_sinks(planes.specs(shape, image.dtype))

@@ -220,6 +220,7 @@ def iter_finetune_restoration(
         z_preview = preview_z if preview_z is not None and 0 <= preview_z < image.shape[0] else image.shape[0] // 2
 
     correction = model_mean_correction(task, config, paired=target is not None)
+    leak = model_leak_correction(task, config, paired=target is not None)
 
     def restore_plane(plane: np.ndarray) -> np.ndarray:
         return restore_normalized(fn, plane, task, factor, tile=tile, overlap=overlap, multiple=multiple, cancel=cancel)
@@ -227,7 +228,11 @@ def iter_finetune_restoration(
     def preview_fn(step: int) -> Preview:
         plane = norm[z_preview] if z_preview is not None else norm
         restored = restore_plane(plane)
-        if correction:  # as Apply will give it
+        if leak:  # as Apply will give it
+            probe = denoise.leak_probe(plane.shape)
+            weight = denoise.own_pixel_weight(restored, restore_plane(plane + denoise.LEAK_PROBE * probe), probe)
+            restored = denoise.leak_correction(restored, plane, weight, leak)
+        if correction:
             restored = denoise.mean_correction(restored, plane, correction)
         return Preview(step=step, data=denormalize(restored, stats, task), z=z_preview)
 
@@ -247,7 +252,7 @@ def iter_finetune_restoration(
         metrics["views"] = len(views)
     meta = build_meta(
         net, task=task, out_channels=1, factor=factor, normalization=dict(NORMALIZATION), tile=tile, overlap=overlap,
-        **({"mean_correction": correction} if task == "denoise" else {}), seed=config.seed, config=config.to_dict(),
+        **({"mean_correction": correction, "leak_correction": leak} if task == "denoise" else {}), seed=config.seed, config=config.to_dict(),
         lineage={"init": init_info, "finetune": {"source": source, "shape": list(image.shape), "paired": target is not None,
                                                  **mode_info, "steps": state.step, "completed": not state.cancelled}},
         metrics=metrics,
@@ -258,6 +263,11 @@ def iter_finetune_restoration(
 def model_mean_correction(task: str, config: FinetuneConfig, *, paired: bool) -> float:
     """The mean-correction sigma (px) a model records: self-supervised denoising only (0: none)."""
     return float(config.mean_correction) if task == "denoise" and not paired else 0.0
+
+
+def model_leak_correction(task: str, config: FinetuneConfig, *, paired: bool) -> float:
+    """The share of the own-pixel weight a model takes out after prediction: self-supervised denoising only (0: none)."""
+    return float(config.leak_correction) if task == "denoise" and not paired else 0.0
 
 
 def _total_steps(config: FinetuneConfig, image: np.ndarray, patch: int) -> int:

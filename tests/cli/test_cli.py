@@ -259,18 +259,23 @@ def test_denoise_and_superres_round_trip(capsys, files, tmp_path):
     assert json.loads((tmp_path / "dn" / "model.json").read_text())["lineage"]["finetune"]["mask_replace"] == "mean"
     code, out, err = run(capsys, "finetune", "--task", "denoise", "--image", files["image"], "--out", tmp_path / "dn_nb",
                          "--steps", "2", "--mask-replace", "neighbour", "--denoise-loss", "blind-spot", "--mean-correction", "0",
-                         *TINY)
+                         "--leak-correction", "0", *TINY)
     assert code == 0, err
     meta_nb = json.loads((tmp_path / "dn_nb" / "model.json").read_text())
     lineage = meta_nb["lineage"]["finetune"]
     assert lineage["mask_replace"] == "neighbour" and lineage["denoise_loss"] == "blind-spot"
-    assert meta_nb["mean_correction"] == 0.0
+    assert meta_nb["mean_correction"] == 0.0 and meta_nb["leak_correction"] == 0.0
     meta_dn = json.loads((tmp_path / "dn" / "model.json").read_text())
     assert meta_dn["lineage"]["finetune"]["denoise_loss"] == "re-visible" and meta_dn["mean_correction"] == 16.0
+    assert meta_dn["leak_correction"] == 0.5
     code, _, err = run(capsys, "finetune", "--task", "denoise", "--image", files["image"], "--out", tmp_path / "dn_bad",
                        "--mean-correction", "-3", *TINY)
     assert code == 1 and not (tmp_path / "dn_bad").exists()
     assert_one_line_error(err, "mean_correction must be a low-pass sigma")
+    code, _, err = run(capsys, "finetune", "--task", "denoise", "--image", files["image"], "--out", tmp_path / "dn_bad",
+                       "--leak-correction", "2", *TINY)
+    assert code == 1 and not (tmp_path / "dn_bad").exists()
+    assert_one_line_error(err, "leak_correction must be a share between 0")
     code, out, err = run(capsys, "predict", "--model", tmp_path / "dn", "--input", files["image"], "--out", tmp_path / "p",
                          "--device", "cpu", "--keep-dtype")
     assert code == 0, err

@@ -57,6 +57,10 @@ def test_defaults_are_valid():
         ({"mean_correction": 1e6}, "mean_correction must be a low-pass sigma"),
         ({"mean_correction": float("nan")}, "mean_correction must be a number"),
         ({"mean_correction": "16"}, "mean_correction must be a number"),
+        ({"leak_correction": -0.1}, "leak_correction must be a share between 0"),
+        ({"leak_correction": 1.5}, "leak_correction must be a share between 0"),
+        ({"leak_correction": float("nan")}, "leak_correction must be a number"),
+        ({"leak_correction": "0.5"}, "leak_correction must be a number"),
     ],
 )
 def test_finetune_config_rejects_bad_values(changes, words):

@@ -44,7 +44,7 @@ def denoise_model():
     torch.manual_seed(0)
     net = create_model(TINY_ARCH, in_channels=1, out_channels=1, **TINY_ARCH_KWARGS).eval()
     meta = build_meta(net, task="denoise", out_channels=1, factor=1, normalization={"method": "percentile", "low": 1.0, "high": 99.8},
-                      tile=64, overlap=24, seed=0, lineage={"init": {"init": "random"}}, metrics={}, mean_correction=16.0)
+                      tile=64, overlap=24, seed=0, lineage={"init": {"init": "random"}}, metrics={}, mean_correction=16.0, leak_correction=0.5)
     return TrainedModel(net=net, meta=meta)
 
 
@@ -148,6 +148,7 @@ def test_bioimageio_package_validates_and_reproduces(models, task, zipped, tmp_p
     assert TINY_ARCH in readme and "Training lineage" in readme
     # the graph is the network alone: the whole-image mean correction of a denoiser is described, not exported
     assert ("Mean correction" in readme and "sigma 16 px" in readme) == (task == "denoise")
+    assert ("Leak correction" in readme and "f = 0.5" in readme) == (task == "denoise")
     from PIL import Image
 
     cover = Image.open(io.BytesIO(_package_file(out, "cover.png")))

@@ -228,6 +228,87 @@ def test_self_supervised_denoising_records_and_applies_the_mean_correction(tiny_
     assert paired.meta["mean_correction"] == 0.0  # a clean target may differ from the input in brightness
 
 
+def _own_weight_filter(image: np.ndarray) -> np.ndarray:
+    """A linear "denoiser": 0.2 of the pixel itself plus 0.1 of each of its 8 neighbours (borders reflected)."""
+    from scipy.ndimage import correlate
+
+    weights = np.full((3, 3), 0.1, np.float32)
+    weights[1, 1] = 0.2
+    return correlate(np.asarray(image, np.float32), weights, mode="mirror")
+
+
+def _neighbours_only(image: np.ndarray) -> np.ndarray:
+    """The same filter without the pixel itself, renormalised: what the leak correction should give at share 1."""
+    from scipy.ndimage import correlate
+
+    weights = np.full((3, 3), 0.125, np.float32)
+    weights[1, 1] = 0.0
+    return correlate(np.asarray(image, np.float32), weights, mode="mirror")
+
+
+def test_own_pixel_weight_is_measured_and_the_leak_taken_out():
+    rng = np.random.default_rng(3)
+    noisy = rng.normal(0.5, 0.2, (96, 112)).astype(np.float32)
+    plain = _own_weight_filter(noisy)
+    probe = denoise.leak_probe(noisy.shape)
+    assert probe.dtype == np.float32 and set(np.unique(probe)) == {-1.0, 1.0}
+    np.testing.assert_array_equal(probe, denoise.leak_probe(noisy.shape))  # seeded: a prediction repeats exactly
+    weight = denoise.own_pixel_weight(plain, _own_weight_filter(noisy + denoise.LEAK_PROBE * probe), probe)
+    assert weight.dtype == np.float32 and weight.shape == noisy.shape
+    inner = (slice(16, -16), slice(16, -16))
+    assert abs(float(weight[inner].mean()) - 0.2) < 0.01 and float(np.abs(weight[inner] - 0.2).max()) < 0.06
+    target = _neighbours_only(noisy)
+    full = denoise.leak_correction(plain, noisy, weight, 1.0)
+    assert np.abs(full - target)[inner].mean() < 0.1 * np.abs(plain - target)[inner].mean()
+    exact = denoise.leak_correction(plain, noisy, np.full_like(noisy, 0.2), 1.0)  # with the true weight: exact
+    np.testing.assert_allclose(exact, target, atol=1e-5)
+    half = denoise.leak_correction(plain, noisy, np.full_like(noisy, 0.2), 0.5)  # b + (1 - f) J (noisy - b)
+    np.testing.assert_allclose(half, target + 0.5 * 0.2 * (noisy - target), atol=1e-5)
+    np.testing.assert_array_equal(denoise.leak_correction(plain, noisy, weight, 0.0), plain)
+    with pytest.raises(ValueError, match="three 2D planes of one shape"):
+        denoise.leak_correction(plain, noisy[:-1], weight, 0.5)
+    with pytest.raises(ValueError, match="three 2D planes of one shape"):
+        denoise.own_pixel_weight(plain, plain, probe[:, :-1])
+
+
+def test_prediction_takes_out_the_leak_of_a_known_network(tiny_config):
+    """A network that is a known linear filter: prediction with share 1 gives the neighbours-only filter, per slice."""
+    from napari_emssl.engine.model_dir import TrainedModel
+
+    _, noisy = _clean_and_noisy(seed=6, shape=(64, 80))
+    model = api.finetune(noisy, config=tiny_config(task="denoise", steps=1)).model
+    assert model.meta["leak_correction"] == FinetuneConfig.leak_correction == 0.5
+    conv = torch.nn.Conv2d(1, 1, 3, padding=1, padding_mode="reflect", bias=False)
+    with torch.no_grad():
+        conv.weight.fill_(0.1)
+        conv.weight[0, 0, 1, 1] = 0.2
+    for attr in ("size_multiple", "receptive_field"):
+        setattr(conv, attr, getattr(model.net, attr))
+    meta = {**model.meta, "mean_correction": 0.0}
+    stack = np.stack([noisy, noisy[::-1].copy() * 3.0])
+    inner = (Ellipsis, slice(12, -12), slice(12, -12))
+    for image in (noisy, stack):
+        plain = api.predict(TrainedModel(net=conv, meta={**meta, "leak_correction": 0.0}), image,
+                            PredictConfig(device="cpu", tta=False, amp=False)).image
+        events = list(api.iter_predict(TrainedModel(net=conv, meta={**meta, "leak_correction": 1.0}), image,
+                                       PredictConfig(device="cpu", tta=False, amp=False)))
+        assert events[0].info["leak_correction"] == 1.0
+        tiles = [e for e in events if type(e).__name__ == "PredictionTile"]
+        assert tiles[-1].done == tiles[-1].total == events[0].total_steps  # the probe pass is counted in the progress
+        full = events[-1].result.image
+        target = np.stack([_neighbours_only(p) for p in image.reshape((-1,) + noisy.shape)]).reshape(image.shape)
+        assert np.abs(full - target)[inner].mean() < 0.15 * np.abs(plain - target)[inner].mean()
+    half = api.predict(TrainedModel(net=conv, meta=meta), noisy, PredictConfig(device="cpu", tta=True, amp=False)).image
+    plain = api.predict(TrainedModel(net=conv, meta={**meta, "leak_correction": 0.0}), noisy,
+                        PredictConfig(device="cpu", tta=True, amp=False)).image
+    expect = _neighbours_only(noisy) + 0.5 * 0.2 * (noisy - _neighbours_only(noisy))  # b + (1 - f) J (noisy - b)
+    assert np.abs(half - expect)[inner].mean() < 0.15 * np.abs(plain - expect)[inner].mean()
+    paired = api.finetune(noisy, config=tiny_config(task="denoise", steps=1), target=noisy).model
+    assert paired.meta["leak_correction"] == 0.0  # a paired denoiser learned from a clean target, not from its neighbours
+    off = api.finetune(noisy, config=tiny_config(task="denoise", steps=1, leak_correction=0.0)).model
+    assert off.meta["leak_correction"] == 0.0
+
+
 # ---------------------------------------------------------------------------------------------- superres
 
 

@@ -195,7 +195,7 @@ GOOD = {
     "full": _good_meta(),
     "minimal": {k: _good_meta()[k] for k in ("format_version", "arch", "arch_kwargs", "in_channels", "out_channels", "task")},
     "superres": _with(task="superres", out_channels=1, factor=4, classes=_DROP),
-    "denoise": _with(task="denoise", out_channels=1, classes=_DROP, mean_correction=16.0),
+    "denoise": _with(task="denoise", out_channels=1, classes=_DROP, mean_correction=16.0, leak_correction=0.5),
     "denoise factor 1": _with(task="denoise", out_channels=1, factor=1, classes=_DROP),
     "seed null": _with(seed=None),
     "no classes": _with(classes=[]),
@@ -231,6 +231,8 @@ BAD = {
     "receptive_field a float": (_with(receptive_field=44.5), "receptive_field"),
     "mean_correction negative": (_with(task="denoise", out_channels=1, classes=_DROP, mean_correction=-1.0), "mean_correction"),
     "mean_correction a string": (_with(task="denoise", out_channels=1, classes=_DROP, mean_correction="16"), "mean_correction"),
+    "leak_correction above 1": (_with(task="denoise", out_channels=1, classes=_DROP, leak_correction=1.5), "leak_correction"),
+    "leak_correction a string": (_with(task="denoise", out_channels=1, classes=_DROP, leak_correction="0.5"), "leak_correction"),
 }
 # rules that JSON Schema cannot say: refused by the validator only
 VALIDATOR_ONLY = {

@@ -34,6 +34,11 @@ def test_denoise_in_the_widgets(qtbot, viewer_widgets, notes, wait_idle):
     mean.setValue(0.0)
     assert mean.text() == "off" and finetune.config().mean_correction == 0.0
     mean.setValue(8.0)
+    leak = finetune.task_rows.leak_spin
+    assert leak.isVisibleTo(finetune) and finetune.config().leak_correction == 0.5  # the default
+    leak.setValue(0.0)
+    assert leak.text() == "off" and finetune.config().leak_correction == 0.0
+    leak.setValue(0.75)
     finetune.steps_spin.setValue(6)
     strokes_before = viewer.layers["crop strokes"].data.copy()
     assert finetune.start()
@@ -44,6 +49,7 @@ def test_denoise_in_the_widgets(qtbot, viewer_widgets, notes, wait_idle):
     assert finetune.trained_model.meta["lineage"]["finetune"]["mask_replace"] == "neighbour"
     assert finetune.trained_model.meta["lineage"]["finetune"]["denoise_loss"] == "blind-spot"
     assert finetune.trained_model.meta["mean_correction"] == 8.0
+    assert finetune.trained_model.meta["leak_correction"] == 0.75
     preview = viewer.layers["crop preview"]
     assert isinstance(preview, Image) and preview.data.shape == (2, 96, 96) and preview.data.dtype == np.float32
     np.testing.assert_array_equal(viewer.layers["crop strokes"].data, strokes_before)
@@ -84,6 +90,7 @@ def test_superres_with_a_target_layer_shows_psnr_and_overlays(qtbot, viewer_widg
     assert not finetune.task_rows.mask_combo.isVisibleTo(finetune)  # denoising only
     assert not finetune.task_rows.loss_combo.isVisibleTo(finetune)
     assert not finetune.task_rows.mean_spin.isVisibleTo(finetune)
+    assert not finetune.task_rows.leak_spin.isVisibleTo(finetune)
     assert finetune.start()
     wait_idle(finetune)
     assert not notes.errors(), notes.errors()

@@ -211,7 +211,8 @@ class FinetuneWidget(ChoosesInit, EndsTrainingRun, StopsRunOnClose, QWidget):
                       device=self.device_combo.currentText(), batch_size=self.batch_spin.value(),
                       patch_size=self.patch_spin.value(), lr=self.lr_spin.value(),
                       preview_every_s=self.preview_spin.value(), mask_replace=self.task_rows.mask_replace(),
-                      denoise_loss=self.task_rows.denoise_loss(), mean_correction=self.task_rows.mean_correction())
+                      denoise_loss=self.task_rows.denoise_loss(), mean_correction=self.task_rows.mean_correction(),
+                      leak_correction=self.task_rows.leak_correction())
         values.update(self.config_overrides)
         return FinetuneConfig(**values)
 

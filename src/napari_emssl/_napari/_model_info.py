@@ -45,6 +45,8 @@ def describe_model(meta: dict) -> str:
         text = f"{meta.get('arch')} · classes {classes}"
     else:
         text = f"{meta.get('arch')} · {result_kind(task, int(meta.get('factor', 1)))}"
+        if task == "denoise" and meta.get("leak_correction"):
+            text += f" · leak correction {float(meta['leak_correction']):g}"
         if task == "denoise" and meta.get("mean_correction"):
             text += f" · mean correction {float(meta['mean_correction']):g} px"
     finetune = (meta.get("lineage") or {}).get("finetune") or {}

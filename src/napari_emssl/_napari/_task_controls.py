@@ -45,6 +45,9 @@ LOSS_TIP = ("The blind-spot loss trains the network only on pixels it cannot see
 MEAN_TIP = ("After denoising, add back the Gaussian low-pass (this sigma, in pixels) of what was removed, so the result "
              "keeps the input's local brightness: the noise averages out, a slow offset of the network does not. "
              "On the 8 benchmark images -0.00 to +0.50 dB, most on smooth images (docs/benchmarks.md). 0: off.")
+LEAK_TIP = ("After denoising, take out this share of the weight the network gives each pixel's own value (its own noise), "
+            "measured with one more pass of the network (prediction takes one pass more per slice). Helps most on smooth "
+            "images (docs/benchmarks.md, 'Leak correction'). 0: off; 1: each pixel from its neighbours alone.")
 TARGET_TIPS = {
     "denoise": "Optional: a clean (e.g. high-dose) image of the same field of view, in the image's intensity units",
     "bgremove": "Optional: the same field of view without noise and background, in the image's intensity units",
@@ -77,6 +80,14 @@ class TaskRows(QWidget):
         self.mean_spin.setValue(FinetuneConfig.mean_correction)
         self.mean_spin.setToolTip(MEAN_TIP)
         self._mean_label = QLabel("Mean correction", parent)
+        self.leak_spin = QDoubleSpinBox(parent)
+        self.leak_spin.setRange(0.0, 1.0)
+        self.leak_spin.setDecimals(2)
+        self.leak_spin.setSingleStep(0.05)
+        self.leak_spin.setSpecialValueText("off")
+        self.leak_spin.setValue(FinetuneConfig.leak_correction)
+        self.leak_spin.setToolTip(LEAK_TIP)
+        self._leak_label = QLabel("Leak correction", parent)
         self._mask_label = QLabel("Hidden pixels show", parent)
         self._loss_label = QLabel("Loss", parent)
         self.hint = QLabel(parent)
@@ -93,6 +104,7 @@ class TaskRows(QWidget):
         form.addRow(self._factor_label, self.factor_combo)
         form.addRow(self._mask_label, self.mask_combo)
         form.addRow(self._loss_label, self.loss_combo)
+        form.addRow(self._leak_label, self.leak_spin)
         form.addRow(self._mean_label, self.mean_spin)
         self._update()
 
@@ -117,6 +129,10 @@ class TaskRows(QWidget):
         """The mean-correction sigma (px) of self-supervised denoising (the default for the other tasks)."""
         return float(self.mean_spin.value()) if self.task() == "denoise" else FinetuneConfig.mean_correction
 
+    def leak_correction(self) -> float:
+        """The share of the own-pixel weight taken out in self-supervised denoising (the default for the other tasks)."""
+        return float(self.leak_spin.value()) if self.task() == "denoise" else FinetuneConfig.leak_correction
+
     def target_layer(self):
         return self.target_combo.layer() if self.task() != "segment" else None
 
@@ -133,7 +149,8 @@ class TaskRows(QWidget):
         self.target_combo.setToolTip(TARGET_TIPS.get(task, ""))
         self._factor_label.setVisible(task == "superres")
         self.factor_combo.setVisible(task == "superres")
-        for widget in (self._mask_label, self.mask_combo, self._loss_label, self.loss_combo, self._mean_label, self.mean_spin):
+        for widget in (self._mask_label, self.mask_combo, self._loss_label, self.loss_combo, self._mean_label, self.mean_spin,
+                       self._leak_label, self.leak_spin):
             widget.setVisible(task == "denoise")
         self.hint.setText(HINTS[task])
         self.task_changed.emit(task)

@@ -1,6 +1,6 @@
 """Validated run configurations (one dataclass per run kind)."""
 
-from .finetune import DENOISE_LOSSES, FACTORS, MASK_REPLACEMENTS, MEAN_CORRECTION, RESTORATION_TASKS, TASKS, TTA_AUTO_MAX_PIXELS, FinetuneConfig, PredictConfig
+from .finetune import DENOISE_LOSSES, FACTORS, LEAK_CORRECTION, MASK_REPLACEMENTS, MEAN_CORRECTION, RESTORATION_TASKS, TASKS, TTA_AUTO_MAX_PIXELS, FinetuneConfig, PredictConfig
 from .pretrain import METHODS, PretrainConfig
 
-__all__ = ["TASKS", "RESTORATION_TASKS", "FACTORS", "MASK_REPLACEMENTS", "DENOISE_LOSSES", "MEAN_CORRECTION", "TTA_AUTO_MAX_PIXELS", "METHODS", "FinetuneConfig", "PredictConfig", "PretrainConfig"]
+__all__ = ["TASKS", "RESTORATION_TASKS", "FACTORS", "MASK_REPLACEMENTS", "DENOISE_LOSSES", "MEAN_CORRECTION", "LEAK_CORRECTION", "TTA_AUTO_MAX_PIXELS", "METHODS", "FinetuneConfig", "PredictConfig", "PretrainConfig"]

@@ -28,6 +28,7 @@ MASK_REPLACEMENTS = ("mean", "neighbour")
 DENOISE_LOSSES = ("re-visible", "blind-spot")
 #: self-supervised denoising: sigma (px) of the low-pass of the residual added back after prediction (see ``tasks/denoise.py``)
 MEAN_CORRECTION = 16.0
+LEAK_CORRECTION = 0.5
 #: test-time augmentation is on by default for inputs of at most this many pixels (one 4096 x 4096 image)
 TTA_AUTO_MAX_PIXELS = 4096 * 4096
 
@@ -86,6 +87,9 @@ class FinetuneConfig:
     # so it keeps the input's local mean (the noise has zero mean); recorded in the model, applied by every prediction.
     # 0: off (the behaviour before 0.1.0)
     mean_correction: float = MEAN_CORRECTION
+    # self-supervised denoising: the share (0..1) of the weight the network gives each pixel's own value (its own noise)
+    # taken out after prediction, measured with one more network pass; recorded in the model. 0: off
+    leak_correction: float = LEAK_CORRECTION
     schema_version: int = SCHEMA_VERSION
 
     DEFAULT_STEPS = 600
@@ -120,6 +124,10 @@ class FinetuneConfig:
         _number("mean_correction", self.mean_correction)
         if not 0.0 <= self.mean_correction <= 1024.0:
             raise InputError(f"mean_correction must be a low-pass sigma in pixels between 0 (off) and 1024, got {self.mean_correction}")
+        _number("leak_correction", self.leak_correction)
+        if not 0.0 <= self.leak_correction <= 1.0:
+            raise InputError(f"leak_correction must be a share between 0 (off) and 1 (all of the pixel's own weight), "
+                             f"got {self.leak_correction}")
         if self.patch_size < 16:
             raise InputError(f"patch_size must be at least 16 pixels, got {self.patch_size}")
         for name in ("lr", "weight_decay", "dice_weight", "preview_every_s"):

@@ -10,6 +10,7 @@ import numpy as np
 
 from .. import __version__
 from ..engine.model_dir import TrainedModel
+from ..tasks.denoise import LEAK_MAX_WEIGHT, LEAK_PROBE, LEAK_WINDOW
 from .graph import GraphSpec
 
 TASK_WORDS = {"segment": "segmentation", "denoise": "denoising", "bgremove": "background removal",
@@ -77,6 +78,14 @@ def readme(model: TrainedModel, name: str, spec: GraphSpec, weights: dict[str, f
         unit = ("the normalised units of the input" if task == "denoise"
                 else "units of (p_high - p_low) of the input, without offset (0 = no signal)")
         lines += [f"Input: one greyscale image (batch, channel, y, x). Output: the {TASK_WORDS[task]} result in {unit}."]
+        if task == "denoise" and meta.get("leak_correction"):
+            lines += ["", f"Leak correction: napari-emssl runs the graph a second time on the input plus `{LEAK_PROBE:g} * s` "
+                      "(s: a random sign, +1 or -1, per pixel), takes J = the Gaussian mean (sigma "
+                      f"{LEAK_WINDOW:g} px) of `(second - first) * s / {LEAK_PROBE:g}`, clipped to [0, {LEAK_MAX_WEIGHT:g}], "
+                      "the weight the network gives each pixel's own value, and returns `output - f * J / (1 - J) * "
+                      f"(input - output)` with f = {_fmt(meta['leak_correction'])}. It is not part of the exported graph "
+                      "(it needs a second pass): add it after the graph, before the mean correction, to get "
+                      "napari-emssl's result."]
         if task == "denoise" and meta.get("mean_correction"):
             lines += ["", f"Mean correction: napari-emssl adds to the output the Gaussian low-pass (sigma "
                       f"{_fmt(meta['mean_correction'])} px, borders reflected) of input minus output, over the whole "

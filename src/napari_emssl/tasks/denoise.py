@@ -50,6 +50,21 @@ zero mean, the Gaussian low-pass of the residual ``noisy - restored`` estimates 
 the result keeps the input's local mean, which is also what the blind-spot loss asks for.
 Only for self-supervised models (a paired target may differ from the input in brightness).
 
+Leak correction (after prediction, on by default, ``leak_correction``, a fraction): a network
+that sees every pixel at inference lets a share of that pixel's own noise through. Near a pixel
+``i`` its output behaves as ``out = (1 - J) * b + J * y``, with ``y`` the noisy value, ``b`` what
+it predicts from the neighbours alone and ``J = d out_i / d y_i`` the weight it gives the pixel
+itself. On smooth images that weight is higher than the best one (measured: 0.044 where the best
+is near 0, docs/benchmarks.md "Leak correction"), on images with detail at the pixel scale it
+is about right. ``J`` is measured with one more pass of the network on the input plus a random
+``+-`` probe (:func:`leak_probe`): the change of each output pixel times its own probe sign,
+divided by the probe size, averaged over a Gaussian window of 8 px (where the other pixels'
+probes, of independent signs, cancel; :func:`own_pixel_weight`). :func:`leak_correction` then
+removes the share ``f`` of it, ``out - f * J / (1 - J) * (y - out)``, which equals
+``b + (1 - f) * J * (y - b)``: ``f = 1`` is the neighbours-only (J-invariant) estimate, ``f = 0``
+the network's output. Applied before the mean correction; one extra network pass per slice
+(an 8-view average takes 9). Only for self-supervised models.
+
 Limits: noise that is correlated between neighbouring pixels (scan-line offsets, jitter,
 detector afterglow) is partly learned as signal and stays in the output.
 
@@ -67,11 +82,12 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
-from ..config import DENOISE_LOSSES, MASK_REPLACEMENTS, MEAN_CORRECTION
+from ..config import DENOISE_LOSSES, LEAK_CORRECTION, MASK_REPLACEMENTS, MEAN_CORRECTION
 from ..errors import InputError
 from .restoration import LossFn, SampleFn, make_paired_loss_fn, to_tensor
 
-__all__ = ["REPLACEMENTS", "LOSSES", "MEAN_CORRECTION", "cell_size", "mean_correction", "blind_spot_mask", "blind_spot_batch", "denoise_loss", "revisible_beta",
+__all__ = ["REPLACEMENTS", "LOSSES", "MEAN_CORRECTION", "LEAK_CORRECTION", "LEAK_PROBE", "cell_size", "mean_correction",
+           "leak_probe", "own_pixel_weight", "leak_correction", "blind_spot_mask", "blind_spot_batch", "denoise_loss", "revisible_beta",
            "revisible_loss", "make_denoise_loss_fn"]
 
 REPLACEMENTS = MASK_REPLACEMENTS  # ("mean", "neighbour"): the first is the default
@@ -294,3 +310,49 @@ def mean_correction(restored: np.ndarray, noisy: np.ndarray, sigma: float = MEAN
         return restored
     residual = np.asarray(noisy, dtype=np.float32) - restored
     return (restored + gaussian_filter(residual, float(sigma), mode="reflect")).astype(np.float32)
+
+
+LEAK_PROBE = 0.01  # size of the +-probe, in normalised intensity (the 1st..99.8th percentile range is 1)
+LEAK_WINDOW = 8.0  # sigma (px) of the Gaussian window over which the own-pixel weight is averaged
+LEAK_MAX_WEIGHT = 0.5  # the own-pixel weight is clipped to [0, 0.5] (a blind-spot network stays far below)
+
+
+def leak_probe(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """Random signs, ``+1`` or ``-1`` per pixel (float32), seeded so that a prediction repeats exactly."""
+    return np.random.default_rng(seed).choice(np.array([-1.0, 1.0], np.float32), size=tuple(shape))
+
+
+def own_pixel_weight(plain: np.ndarray, probed: np.ndarray, probe: np.ndarray, step: float = LEAK_PROBE,
+                     window: float = LEAK_WINDOW) -> np.ndarray:
+    """Local mean of ``d out_i / d in_i``, the weight the network gives each pixel's own value.
+
+    ``plain`` is the output for the input, ``probed`` the output for the input plus ``step *
+    probe`` (:func:`leak_probe`). ``(probed - plain) * probe / step`` is the own weight plus the
+    other pixels' weights times products of independent signs, which the Gaussian window of
+    ``window`` px averages away. Clipped to ``[0, 0.5]``; float32, the plane's shape.
+    """
+    plain = np.asarray(plain, dtype=np.float32)
+    if plain.ndim != 2 or np.shape(probed) != plain.shape or np.shape(probe) != plain.shape:
+        raise ValueError(f"own_pixel_weight takes three 2D planes of one shape, got {plain.shape}, {np.shape(probed)}, "
+                         f"{np.shape(probe)}")
+    raw = (np.asarray(probed, dtype=np.float32) - plain) * np.asarray(probe, dtype=np.float32) / float(step)
+    return np.clip(gaussian_filter(raw, float(window), mode="reflect"), 0.0, LEAK_MAX_WEIGHT).astype(np.float32)
+
+
+def leak_correction(restored: np.ndarray, noisy: np.ndarray, weight: np.ndarray,
+                    fraction: float = LEAK_CORRECTION) -> np.ndarray:
+    """``restored - f * J / (1 - J) * (noisy - restored)``: the share ``f`` of each pixel's own value taken out again.
+
+    ``weight`` is ``J`` (:func:`own_pixel_weight`, below 1). With the output written as ``(1 - J) b
+    + J noisy`` the result is ``b + (1 - f) J (noisy - b)``. ``fraction`` 0 returns ``restored``
+    unchanged. float32 out.
+    """
+    restored = np.asarray(restored, dtype=np.float32)
+    if restored.ndim != 2 or np.shape(noisy) != restored.shape or np.shape(weight) != restored.shape:
+        raise ValueError(f"leak_correction takes three 2D planes of one shape, got {restored.shape}, {np.shape(noisy)}, "
+                         f"{np.shape(weight)}")
+    if not fraction:
+        return restored
+    weight = np.asarray(weight, dtype=np.float32)
+    gain = float(fraction) * weight / (1.0 - weight)
+    return (restored - gain * (np.asarray(noisy, dtype=np.float32) - restored)).astype(np.float32)
