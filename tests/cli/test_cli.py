@@ -267,7 +267,7 @@ def test_denoise_and_superres_round_trip(capsys, files, tmp_path):
     assert meta_nb["mean_correction"] == 0.0 and meta_nb["leak_correction"] == 0.0
     meta_dn = json.loads((tmp_path / "dn" / "model.json").read_text())
     assert meta_dn["lineage"]["finetune"]["denoise_loss"] == "re-visible" and meta_dn["mean_correction"] == 16.0
-    assert meta_dn["leak_correction"] == 0.5
+    assert meta_dn["leak_correction"] == 0.75
     code, _, err = run(capsys, "finetune", "--task", "denoise", "--image", files["image"], "--out", tmp_path / "dn_bad",
                        "--mean-correction", "-3", *TINY)
     assert code == 1 and not (tmp_path / "dn_bad").exists()

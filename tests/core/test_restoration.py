@@ -277,7 +277,7 @@ def test_prediction_takes_out_the_leak_of_a_known_network(tiny_config):
 
     _, noisy = _clean_and_noisy(seed=6, shape=(64, 80))
     model = api.finetune(noisy, config=tiny_config(task="denoise", steps=1)).model
-    assert model.meta["leak_correction"] == FinetuneConfig.leak_correction == 0.5
+    assert model.meta["leak_correction"] == FinetuneConfig.leak_correction == 0.75
     conv = torch.nn.Conv2d(1, 1, 3, padding=1, padding_mode="reflect", bias=False)
     with torch.no_grad():
         conv.weight.fill_(0.1)
@@ -298,7 +298,8 @@ def test_prediction_takes_out_the_leak_of_a_known_network(tiny_config):
         full = events[-1].result.image
         target = np.stack([_neighbours_only(p) for p in image.reshape((-1,) + noisy.shape)]).reshape(image.shape)
         assert np.abs(full - target)[inner].mean() < 0.15 * np.abs(plain - target)[inner].mean()
-    half = api.predict(TrainedModel(net=conv, meta=meta), noisy, PredictConfig(device="cpu", tta=True, amp=False)).image
+    half = api.predict(TrainedModel(net=conv, meta={**meta, "leak_correction": 0.5}), noisy,
+                       PredictConfig(device="cpu", tta=True, amp=False)).image
     plain = api.predict(TrainedModel(net=conv, meta={**meta, "leak_correction": 0.0}), noisy,
                         PredictConfig(device="cpu", tta=True, amp=False)).image
     expect = _neighbours_only(noisy) + 0.5 * 0.2 * (noisy - _neighbours_only(noisy))  # b + (1 - f) J (noisy - b)
