@@ -54,11 +54,12 @@ Leak correction (after prediction, on by default, ``leak_correction``, a fractio
 that sees every pixel at inference lets a share of that pixel's own noise through. Near a pixel
 ``i`` its output behaves as ``out = (1 - J) * b + J * y``, with ``y`` the noisy value, ``b`` what
 it predicts from the neighbours alone and ``J = d out_i / d y_i`` the weight it gives the pixel
-itself. On smooth images that weight is higher than the best one (measured: 0.044 where the best
-is near 0, docs/benchmarks.md "Leak correction"), on images with detail at the pixel scale it
-is about right. ``J`` is measured with one more pass of the network on the input plus a random
-``+-`` probe (:func:`leak_probe`): the change of each output pixel times its own probe sign,
-divided by the probe size, averaged over a Gaussian window of 8 px (where the other pixels'
+itself. On smooth images that weight is higher than the best one (on the smooth detector
+benchmark image about 0.04-0.05 where taking all of it out is best), on images with detail at
+the pixel scale it is about right (docs/benchmarks.md, "Leak correction"). The default share,
+0.75, had the largest mean gain over the benchmark runs. ``J`` is measured with one more pass
+of the network on the input plus a random ``+-`` probe (:func:`leak_probe`): the change of
+each output pixel times its own probe sign, divided by the probe size, averaged over a Gaussian window of 8 px (where the other pixels'
 probes, of independent signs, cancel; :func:`own_pixel_weight`). :func:`leak_correction` then
 removes the share ``f`` of it, ``out - f * J / (1 - J) * (y - out)``, which equals
 ``b + (1 - f) * J * (y - b)``: ``f = 1`` is the neighbours-only (J-invariant) estimate, ``f = 0``
