@@ -216,7 +216,7 @@ def predict(args) -> int:
 
     config = PredictConfig(device=args.device, tile=args.tile, batch_size=args.batch_size, probabilities=args.probabilities,
                            keep_dtype=args.keep_dtype, tta=args.tta, compile=args.compile,
-                           z_average=args.z_average)
+                           z_average=args.z_average, leak_correction=args.leak_correction)
     resolve_device(config.device)  # a device that is not there fails once, before any input is read
     model = load_model(args.model)
     if args.target:

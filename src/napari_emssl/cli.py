@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                     help="restoration: average the predictions of the 8 flips/rotations of each slice (8x slower; "
                          "default: on for a single image of at most 4096 x 4096 pixels, off for bigger images and stacks)")
+    pr.add_argument("--leak-correction", type=float, default=None, metavar="F",
+                    help="self-supervised denoising: the share of each pixel's own weight to take out, instead of the "
+                         "one the model records (0: off; 1: each pixel from its neighbours alone)")
     pr.add_argument("--z-average", type=float, default=0.0, metavar="W",
                     help="segmentation of a volume: average each slice's class probabilities with its two neighbours, "
                          "each weighted W relative to the slice (default 0: off; 0.25 raised Dice on the ssTEM stack)")

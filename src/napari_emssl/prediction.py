@@ -175,6 +175,9 @@ class RestorePlanes(_Planes):
         self.mean_correction = float(model.meta.get("mean_correction", 0.0)) if self.task == "denoise" else 0.0
         # self-supervised denoising: share of the own-pixel weight taken out (tasks/denoise.py; 0 or absent: none)
         self.leak_correction = float(model.meta.get("leak_correction", 0.0)) if self.task == "denoise" else 0.0
+        paired = bool(((model.meta.get("lineage") or {}).get("finetune") or {}).get("paired"))
+        if config.leak_correction is not None and self.task == "denoise" and not paired:  # the user's choice at Apply
+            self.leak_correction = float(config.leak_correction)
         self.views = DIHEDRAL[:1]  # set_shape: all 8 when the config's tta asks for it
         self.stats: NormStats | None = None
         self.dtype = None

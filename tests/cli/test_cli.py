@@ -251,7 +251,7 @@ def test_labels_required_for_segmentation(capsys, files, tmp_path):
     assert_one_line_error(err, "--labels")
 
 
-def test_denoise_and_superres_round_trip(capsys, files, tmp_path):
+def test_denoise_and_superres_round_trip(capsys, files, tmp_path, monkeypatch):
     code, out, err = run(capsys, "finetune", "--task", "denoise", "--image", files["image"], "--out", tmp_path / "dn",
                          "--steps", "3", *TINY)
     assert code == 0, err
@@ -288,6 +288,20 @@ def test_denoise_and_superres_round_trip(capsys, files, tmp_path):
         assert code == 0, err
     np.testing.assert_array_equal(read_image(tmp_path / "p_tta" / "cells.tif")[0], result)
     assert not np.array_equal(read_image(tmp_path / "p_plain" / "cells.tif")[0], result)
+    # a network trained for 3 steps gives its pixels no own weight to take out: measure a fixed one instead
+    monkeypatch.setattr("napari_emssl.prediction.own_pixel_weight", lambda plain, *_: np.full_like(plain, 0.2))
+    for folder, extra in (("p_leak", ()), ("p_noleak", ("--leak-correction", "0"))):  # float results
+        code, _, err = run(capsys, "predict", "--model", tmp_path / "dn", "--input", files["image"], "--out",
+                           tmp_path / folder, "--device", "cpu", *extra)
+        assert code == 0, err
+    # the model's share (0.75) overridden: another result
+    leak, no_leak = read_image(tmp_path / "p_leak" / "cells.tif")[0], read_image(tmp_path / "p_noleak" / "cells.tif")[0]
+    assert not np.array_equal(leak, no_leak)
+    monkeypatch.undo()
+    code, _, err = run(capsys, "predict", "--model", tmp_path / "dn", "--input", files["image"], "--out",
+                       tmp_path / "p_badleak", "--device", "cpu", "--leak-correction", "1.5")
+    assert code == 1 and not (tmp_path / "p_badleak").exists()
+    assert_one_line_error(err, "leak_correction must be a share between 0")
     code, out, err = run(capsys, "finetune", "--task", "superres", "--factor", "2", "--image", files["image"], "--out",
                          tmp_path / "sr", "--steps", "2", *TINY)
     assert code == 0, err

@@ -71,7 +71,8 @@ def test_finetune_config_rejects_bad_values(changes, words):
 @pytest.mark.parametrize(
     "changes, words",
     [({"device": "gpu"}, "device"), ({"tile": 0}, "tile"), ({"batch_size": -1}, "batch_size"),
-     ({"overlap": -1}, "overlap"), ({"overlap": 1.5}, "overlap")],
+     ({"overlap": -1}, "overlap"), ({"overlap": 1.5}, "overlap"), ({"leak_correction": 1.2}, "leak_correction must be a share"),
+     ({"leak_correction": -0.5}, "leak_correction must be a share"), ({"leak_correction": "1"}, "leak_correction must be a number")],
 )
 def test_predict_config_rejects_bad_values(changes, words):
     with pytest.raises(InputError, match=words):

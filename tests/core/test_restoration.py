@@ -304,8 +304,15 @@ def test_prediction_takes_out_the_leak_of_a_known_network(tiny_config):
                         PredictConfig(device="cpu", tta=True, amp=False)).image
     expect = _neighbours_only(noisy) + 0.5 * 0.2 * (noisy - _neighbours_only(noisy))  # b + (1 - f) J (noisy - b)
     assert np.abs(half - expect)[inner].mean() < 0.15 * np.abs(plain - expect)[inner].mean()
+    # chosen at prediction instead of the model's share (PredictConfig.leak_correction; None: the model's)
+    override = api.predict(TrainedModel(net=conv, meta={**meta, "leak_correction": 0.0}), noisy,
+                           PredictConfig(device="cpu", tta=True, amp=False, leak_correction=0.5)).image
+    np.testing.assert_allclose(override, half, rtol=1e-6, atol=1e-6)
     paired = api.finetune(noisy, config=tiny_config(task="denoise", steps=1), target=noisy).model
     assert paired.meta["leak_correction"] == 0.0  # a paired denoiser learned from a clean target, not from its neighbours
+    paired_out = api.predict(paired, noisy, PredictConfig(device="cpu", tta=False)).image
+    np.testing.assert_array_equal(api.predict(paired, noisy, PredictConfig(device="cpu", tta=False, leak_correction=1.0)).image,
+                                  paired_out)  # never corrected
     off = api.finetune(noisy, config=tiny_config(task="denoise", steps=1, leak_correction=0.0)).model
     assert off.meta["leak_correction"] == 0.0
 

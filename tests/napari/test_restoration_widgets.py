@@ -71,6 +71,11 @@ def test_denoise_in_the_widgets(qtbot, viewer_widgets, notes, wait_idle):
     apply.tta.setCurrentIndex(apply.tta.findData(True))
     assert apply.config().tta is True
     apply.tta.setCurrentIndex(apply.tta.findData(False))
+    assert apply.leak.text() == "as trained" and apply.config().leak_correction is None  # the model's share
+    apply.leak.setValue(0.0)
+    assert apply.config().leak_correction == 0.0
+    apply.leak.setValue(0.5)
+    assert apply.config().leak_correction == 0.5
     apply.keep_dtype.setChecked(True)
     assert apply.start()
     wait_idle(apply)

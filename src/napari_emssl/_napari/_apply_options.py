@@ -1,10 +1,10 @@
-"""How the Apply widget applies a model: the options rows (probabilities, z smoothing, pixel type, flips)."""
+"""How the Apply widget applies a model: the options rows (probabilities, z smoothing, pixel type, flips, leak)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QWidget
+from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QWidget
 
 Z_AVERAGE = 0.25  # "smooth along z": neighbour weights 1:4:1 (docs/benchmarks.md, z-consistency)
 TTA_CHOICES = (("auto: single images up to 4096 x 4096", None), ("on", True), ("off", False))
@@ -25,12 +25,23 @@ class PredictOptions:
             self.tta.addItem(text, value)
         self.tta.setToolTip("Restoration: average the 8 flips/rotations of each slice. Cleaner (0.4-1 dB on the benchmark "
                             "images) at eight times the prediction time; automatic: on for single images, off for stacks")
+        self.leak = QDoubleSpinBox(parent)
+        self.leak.setRange(-0.05, 1.0)  # the minimum shows "as trained": the share the model records
+        self.leak.setSingleStep(0.05)
+        self.leak.setDecimals(2)
+        self.leak.setSpecialValueText("as trained")
+        self.leak.setValue(-0.05)
+        self.leak.setToolTip("Self-supervised denoising: the share of the weight the network gives each pixel's own value "
+                             "(its own noise) taken out after prediction. 'as trained': the model's (the Apply model line "
+                             "names it); 0: off, better on images with detail at the pixel scale; 1: each pixel from its "
+                             "neighbours alone, best on smooth images")
 
     def add_to(self, form: QFormLayout) -> None:
         form.addRow("", self.probabilities)
         form.addRow("", self.z_average)
         form.addRow("", self.keep_dtype)
         form.addRow("Average flips", self.tta)
+        form.addRow("Leak correction", self.leak)
 
     def show_files_mode(self, files: bool) -> None:
         """Word the probabilities option for results written to disk (``files``) or added as layers."""
@@ -40,4 +51,10 @@ class PredictOptions:
     def values(self) -> dict[str, Any]:
         """The chosen options as PredictConfig keyword arguments."""
         return dict(probabilities=self.probabilities.isChecked(), keep_dtype=self.keep_dtype.isChecked(),
-                    tta=self.tta.currentData(), z_average=Z_AVERAGE if self.z_average.isChecked() else 0.0)
+                    tta=self.tta.currentData(), z_average=Z_AVERAGE if self.z_average.isChecked() else 0.0,
+                    leak_correction=self.leak_correction())
+
+    def leak_correction(self) -> float | None:
+        """The leak-correction share chosen at Apply, None for the model's own."""
+        value = float(self.leak.value())
+        return None if value < 0 else value

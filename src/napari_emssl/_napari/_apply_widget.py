@@ -122,7 +122,7 @@ class ApplyWidget(StopsRunOnClose, QWidget):
         self.mode_combo.currentIndexChanged.connect(lambda _: self._show_mode())
         self.options = PredictOptions(self)
         self.probabilities, self.z_average = self.options.probabilities, self.options.z_average
-        self.keep_dtype, self.tta = self.options.keep_dtype, self.options.tta
+        self.keep_dtype, self.tta, self.leak = self.options.keep_dtype, self.options.tta, self.options.leak
         self.target_combo = LayerCombo(self.viewer, Image, self, none_text="none")
         self.target_combo.setToolTip("Restoration: a clean or high-resolution image of the one chosen source, "
                                      "to score the result against (PSNR, SSIM)")

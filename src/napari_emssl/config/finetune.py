@@ -182,6 +182,9 @@ class PredictConfig:
     # segmentation of stacks: average each slice's class probabilities with its two z neighbours, each weighted
     # z_average relative to the slice (0: off; 0.25 = weights 1:4:1). Only for slices of one volume, in order.
     z_average: float = 0.0
+    # self-supervised denoising: the leak-correction share to use instead of the one the model records (None: the
+    # model's; 0: off). Paired denoisers are never corrected.
+    leak_correction: float | None = None
     auto_batch: bool = True  # CUDA: tiles per batch from the free GPU memory (batch_size elsewhere); halved on out-of-memory
     compile: bool = False  # CUDA: torch.compile the network (pays off on big stacks)
 
@@ -194,6 +197,11 @@ class PredictConfig:
         _number("z_average", self.z_average)
         if not 0.0 <= self.z_average <= 1.0:
             raise InputError(f"z_average must be between 0 (off) and 1 (plain mean of three slices), got {self.z_average}")
+        if self.leak_correction is not None:
+            _number("leak_correction", self.leak_correction)
+            if not 0.0 <= self.leak_correction <= 1.0:
+                raise InputError(f"leak_correction must be a share between 0 (off) and 1, or None (the model's), "
+                                 f"got {self.leak_correction}")
         if self.tta is not None and not isinstance(self.tta, bool):
             raise InputError(f"tta must be True, False or None (automatic), got {self.tta!r}")
 
