@@ -267,7 +267,7 @@ def test_denoise_and_superres_round_trip(capsys, files, tmp_path, monkeypatch):
     assert meta_nb["mean_correction"] == 0.0 and meta_nb["leak_correction"] == 0.0
     meta_dn = json.loads((tmp_path / "dn" / "model.json").read_text())
     assert meta_dn["lineage"]["finetune"]["denoise_loss"] == "re-visible" and meta_dn["mean_correction"] == 16.0
-    assert meta_dn["leak_correction"] == 0.75
+    assert meta_dn["leak_correction"] == 0.5
     code, _, err = run(capsys, "finetune", "--task", "denoise", "--image", files["image"], "--out", tmp_path / "dn_bad",
                        "--mean-correction", "-3", *TINY)
     assert code == 1 and not (tmp_path / "dn_bad").exists()
@@ -294,7 +294,7 @@ def test_denoise_and_superres_round_trip(capsys, files, tmp_path, monkeypatch):
         code, _, err = run(capsys, "predict", "--model", tmp_path / "dn", "--input", files["image"], "--out",
                            tmp_path / folder, "--device", "cpu", *extra)
         assert code == 0, err
-    # the model's share (0.75) overridden: another result
+    # the model's share (0.5) overridden: another result
     leak, no_leak = read_image(tmp_path / "p_leak" / "cells.tif")[0], read_image(tmp_path / "p_noleak" / "cells.tif")[0]
     assert not np.array_equal(leak, no_leak)
     monkeypatch.undo()

@@ -277,7 +277,7 @@ def test_prediction_takes_out_the_leak_of_a_known_network(tiny_config):
 
     _, noisy = _clean_and_noisy(seed=6, shape=(64, 80))
     model = api.finetune(noisy, config=tiny_config(task="denoise", steps=1)).model
-    assert model.meta["leak_correction"] == FinetuneConfig.leak_correction == 0.75
+    assert model.meta["leak_correction"] == FinetuneConfig.leak_correction == 0.5
     conv = torch.nn.Conv2d(1, 1, 3, padding=1, padding_mode="reflect", bias=False)
     with torch.no_grad():
         conv.weight.fill_(0.1)

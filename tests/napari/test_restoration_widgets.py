@@ -35,10 +35,10 @@ def test_denoise_in_the_widgets(qtbot, viewer_widgets, notes, wait_idle):
     assert mean.text() == "off" and finetune.config().mean_correction == 0.0
     mean.setValue(8.0)
     leak = finetune.task_rows.leak_spin
-    assert leak.isVisibleTo(finetune) and finetune.config().leak_correction == 0.75  # the default
+    assert leak.isVisibleTo(finetune) and finetune.config().leak_correction == 0.5  # the default
     leak.setValue(0.0)
     assert leak.text() == "off" and finetune.config().leak_correction == 0.0
-    leak.setValue(0.5)
+    leak.setValue(0.25)
     finetune.steps_spin.setValue(6)
     strokes_before = viewer.layers["crop strokes"].data.copy()
     assert finetune.start()
@@ -49,7 +49,7 @@ def test_denoise_in_the_widgets(qtbot, viewer_widgets, notes, wait_idle):
     assert finetune.trained_model.meta["lineage"]["finetune"]["mask_replace"] == "neighbour"
     assert finetune.trained_model.meta["lineage"]["finetune"]["denoise_loss"] == "blind-spot"
     assert finetune.trained_model.meta["mean_correction"] == 8.0
-    assert finetune.trained_model.meta["leak_correction"] == 0.5
+    assert finetune.trained_model.meta["leak_correction"] == 0.25
     preview = viewer.layers["crop preview"]
     assert isinstance(preview, Image) and preview.data.shape == (2, 96, 96) and preview.data.dtype == np.float32
     np.testing.assert_array_equal(viewer.layers["crop strokes"].data, strokes_before)
@@ -74,8 +74,8 @@ def test_denoise_in_the_widgets(qtbot, viewer_widgets, notes, wait_idle):
     assert apply.leak.text() == "as trained" and apply.config().leak_correction is None  # the model's share
     apply.leak.setValue(0.0)
     assert apply.config().leak_correction == 0.0
-    apply.leak.setValue(0.5)
-    assert apply.config().leak_correction == 0.5
+    apply.leak.setValue(0.25)
+    assert apply.config().leak_correction == 0.25
     apply.keep_dtype.setChecked(True)
     assert apply.start()
     wait_idle(apply)

@@ -28,7 +28,7 @@ MASK_REPLACEMENTS = ("mean", "neighbour")
 DENOISE_LOSSES = ("re-visible", "blind-spot")
 #: self-supervised denoising: sigma (px) of the low-pass of the residual added back after prediction (see ``tasks/denoise.py``)
 MEAN_CORRECTION = 16.0
-LEAK_CORRECTION = 0.75
+LEAK_CORRECTION = 0.5
 #: test-time augmentation is on by default for inputs of at most this many pixels (one 4096 x 4096 image)
 TTA_AUTO_MAX_PIXELS = 4096 * 4096
 
