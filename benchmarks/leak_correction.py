@@ -47,10 +47,10 @@ def own_weight(model: TrainedModel, noisy: np.ndarray) -> float:
     """Mean own-pixel weight, measured as prediction does it (normalised units, one view)."""
     norm, _ = percentile_normalize(noisy, 1.0, 99.8)
     bare = TrainedModel(net=model.net, meta={**model.meta, "leak_correction": 0.0, "mean_correction": 0.0})
-    probe = denoise.leak_probe(norm.shape)
+    probing, probe = denoise.probed_input(norm)
     config = PredictConfig(device="cpu", tta=False)
     plain = api.predict(bare, norm, config).image
-    probed = api.predict(bare, (norm + denoise.LEAK_PROBE * probe).astype(np.float32), config).image
+    probed = api.predict(bare, probing, config).image
     return float(denoise.own_pixel_weight(plain, probed, probe).mean())
 
 

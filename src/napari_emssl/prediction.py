@@ -31,7 +31,7 @@ from .engine.model_dir import TrainedModel
 from .engine.device import release_device_memory, resolve_device
 from .engine.predictor import auto_batch_size, choose_tiling, forward_fn
 from .errors import InputError, ModelFormatError
-from .tasks.denoise import LEAK_PROBE, leak_correction, leak_probe, mean_correction, own_pixel_weight
+from .tasks.denoise import leak_correction, mean_correction, own_pixel_weight, probed_input
 from .tasks.segmentation import probabilities_to_labels, z_neighbour_mean
 
 NORMALIZATION = {"method": "percentile", "low": 1.0, "high": 99.8}
@@ -197,8 +197,8 @@ class RestorePlanes(_Planes):
         f = self.factor
         shapes = [(plane_shape[1] * f, plane_shape[0] * f) if k % 2 else (plane_shape[0] * f, plane_shape[1] * f)
                   for k, _ in self.views]
-        if self.leak_correction:  # one more pass, on the probed input
-            shapes.append((plane_shape[0] * f, plane_shape[1] * f))
+        if self.leak_correction:  # one more pass, on the probed input (denoising: the plane's own size)
+            shapes.append(tuple(plane_shape))
         return sum(tile_count(s, self.tile, self.overlap) for s in shapes)
 
     def _view(self, plane: np.ndarray, k: int, flip: bool, done: int, cancel):
@@ -225,8 +225,8 @@ class RestorePlanes(_Planes):
             done += view_done
         restored = acc / len(self.views)
         if self.leak_correction:
-            probe = leak_probe(plane.shape)
-            probed, _ = yield from self._view(plane + LEAK_PROBE * probe, 0, False, done, cancel)
+            probing, probe = probed_input(plane)
+            probed, _ = yield from self._view(probing, 0, False, done, cancel)
             restored = leak_correction(restored, plane, own_pixel_weight(plain, probed, probe), self.leak_correction)
         if self.mean_correction:
             restored = mean_correction(restored, plane, self.mean_correction)

@@ -229,8 +229,8 @@ def iter_finetune_restoration(
         plane = norm[z_preview] if z_preview is not None else norm
         restored = restore_plane(plane)
         if leak:  # as Apply will give it
-            probe = denoise.leak_probe(plane.shape)
-            weight = denoise.own_pixel_weight(restored, restore_plane(plane + denoise.LEAK_PROBE * probe), probe)
+            probing, probe = denoise.probed_input(plane)
+            weight = denoise.own_pixel_weight(restored, restore_plane(probing), probe)
             restored = denoise.leak_correction(restored, plane, weight, leak)
         if correction:
             restored = denoise.mean_correction(restored, plane, correction)

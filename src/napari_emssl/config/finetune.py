@@ -45,6 +45,13 @@ def _number(name: str, value: Any) -> None:
         raise InputError(f"{name} must be a number, got {value!r}")
 
 
+def _leak_share(value: Any, upper: str) -> None:
+    """A leak-correction share: a number from 0 (off) to 1; ``upper`` words the top of the range in the message."""
+    _number("leak_correction", value)
+    if not 0.0 <= value <= 1.0:
+        raise InputError(f"leak_correction must be a share between 0 (off) and {upper}, got {value}")
+
+
 def _check_device(device: str) -> None:
     if not isinstance(device, str):
         raise InputError(f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {device!r}")
@@ -124,10 +131,7 @@ class FinetuneConfig:
         _number("mean_correction", self.mean_correction)
         if not 0.0 <= self.mean_correction <= 1024.0:
             raise InputError(f"mean_correction must be a low-pass sigma in pixels between 0 (off) and 1024, got {self.mean_correction}")
-        _number("leak_correction", self.leak_correction)
-        if not 0.0 <= self.leak_correction <= 1.0:
-            raise InputError(f"leak_correction must be a share between 0 (off) and 1 (all of the pixel's own weight), "
-                             f"got {self.leak_correction}")
+        _leak_share(self.leak_correction, "1 (all of the pixel's own weight)")
         if self.patch_size < 16:
             raise InputError(f"patch_size must be at least 16 pixels, got {self.patch_size}")
         for name in ("lr", "weight_decay", "dice_weight", "preview_every_s"):
@@ -198,10 +202,7 @@ class PredictConfig:
         if not 0.0 <= self.z_average <= 1.0:
             raise InputError(f"z_average must be between 0 (off) and 1 (plain mean of three slices), got {self.z_average}")
         if self.leak_correction is not None:
-            _number("leak_correction", self.leak_correction)
-            if not 0.0 <= self.leak_correction <= 1.0:
-                raise InputError(f"leak_correction must be a share between 0 (off) and 1, or None (the model's), "
-                                 f"got {self.leak_correction}")
+            _leak_share(self.leak_correction, "1, or None (the model's)")
         if self.tta is not None and not isinstance(self.tta, bool):
             raise InputError(f"tta must be True, False or None (automatic), got {self.tta!r}")
 

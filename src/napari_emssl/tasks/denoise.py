@@ -90,7 +90,7 @@ from ..errors import InputError
 from .restoration import LossFn, SampleFn, make_paired_loss_fn, to_tensor
 
 __all__ = ["REPLACEMENTS", "LOSSES", "MEAN_CORRECTION", "LEAK_CORRECTION", "LEAK_PROBE", "cell_size", "mean_correction",
-           "leak_probe", "own_pixel_weight", "leak_correction", "blind_spot_mask", "blind_spot_batch", "denoise_loss", "revisible_beta",
+           "leak_probe", "probed_input", "own_pixel_weight", "leak_correction", "blind_spot_mask", "blind_spot_batch", "denoise_loss", "revisible_beta",
            "revisible_loss", "make_denoise_loss_fn"]
 
 REPLACEMENTS = MASK_REPLACEMENTS  # ("mean", "neighbour"): the first is the default
@@ -323,6 +323,12 @@ LEAK_MAX_WEIGHT = 0.5  # the own-pixel weight is clipped to [0, 0.5] (a blind-sp
 def leak_probe(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
     """Random signs, ``+1`` or ``-1`` per pixel (float32), seeded so that a prediction repeats exactly."""
     return np.random.default_rng(seed).choice(np.array([-1.0, 1.0], np.float32), size=tuple(shape))
+
+
+def probed_input(plane: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(plane + LEAK_PROBE * probe, probe)``: the input of the probe pass and its signs (:func:`leak_probe`)."""
+    probe = leak_probe(np.shape(plane))
+    return (np.asarray(plane, dtype=np.float32) + LEAK_PROBE * probe).astype(np.float32), probe
 
 
 def own_pixel_weight(plain: np.ndarray, probed: np.ndarray, probe: np.ndarray, step: float = LEAK_PROBE,
