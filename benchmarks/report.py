@@ -653,6 +653,54 @@ def superres_steps_section(runs: list[dict], main: dict) -> list[str]:
     return lines
 
 
+def superres_headroom_section(run: dict, main: dict | None) -> list[str]:
+    """Linear filters against the reference (``superres_headroom.json``): how much x2 super-resolution can gain."""
+    rows, big = run["rows"], str(max(run["sizes"]))
+    table = {(r["image"], r["method"]): r for r in main["rows"]} if main else {}
+    sizes = " / ".join(f"K{k}" for k in run["sizes"])
+    lines = ["### How much can x2 super-resolution gain? Linear filters fitted to the answer",
+             "",
+             "Gains over bicubic upsampling in dB, same images and downscaling as the table above. oracle_linear: per output "
+             f"phase, the least-squares K x K filter on the small image fitted to the reference itself (K{big}; in brackets "
+             "fitted on the top half and scored on the bottom half). It uses the answer, so no user has it: it bounds what any "
+             "linear upsampler can reach. zero_shot_linear: the same filter fitted on the pairs ours trains on (the small image "
+             "downscaled once more -> the small image) and applied to the small image: the premise of ours, that the image "
+             f"looks alike one scale up, with a linear model ({sizes}: a larger filter sees more of the structure). ours_tta: "
+             "the main table (a network, not linear).",
+             "",
+             f"| image | held out | bicubic dB | back_projection | oracle_linear K{big} (split) | zero_shot_linear {sizes} | ours_tta |",
+             "|---|---|---|---|---|---|---|"]
+    for image, r in rows.items():
+        ours = table.get((image, "ours_tta"))
+        ours_text = f"{ours['psnr'] - r['bicubic']:+.2f}" if ours else "-"
+        zero = " / ".join(f"{r['zero_shot_linear'][str(k)]:+.2f}" for k in run["sizes"])
+        lines.append(f"| {image} | {'yes' if image in run['held_out'] else 'no'} | {r['bicubic']:.2f} | "
+                     f"{r['back_projection']:+.2f} | {r['oracle_linear'][big]:+.2f} ({r['oracle_linear_split'][big]:+.2f}) | "
+                     f"{zero} | {ours_text} |")
+    short = [i for i, r in rows.items() if r["oracle_linear"][big] < 1.0]
+    unlike = [i for i, r in rows.items() if r["zero_shot_linear"][big] < 0.0]
+    lines += ["", f"Measured: the best linear filter, fitted to the reference, stays below +1 dB on {', '.join(short) or 'none'}; "
+              f"the filter learnt one scale down loses against bicubic at K{big} on {', '.join(unlike) or 'none'}."]
+    missed = [i for i in rows if (i, "ours_tta") in table and (i, "bicubic") in table
+              and table[(i, "ours_tta")]["psnr"] - table[(i, "bicubic")]["psnr"] < 1.0]
+    if missed:
+        edges = rows[missed[0]]["bands"]["edges"]
+        names = [f"{a:g}-{b:g}" for a, b in zip(edges[:-1], edges[1:])]
+        lines += ["", "Where the error is on the images below the target (mean squared value x 1e6 per frequency band, "
+                  "cycles per pixel of the reference, max-norm; the small image holds up to 0.25): the reference's own "
+                  "energy in the band (its mean taken out) and the error of each method there (the bands add up to the "
+                  "variance and the mean squared error).", "",
+                  "| image | what | " + " | ".join(names) + " | total |", "|---|---|" + "---|" * (len(names) + 1)]
+        for image in missed:
+            bands = rows[image]["bands"]
+            for what in ("reference", "bicubic", "back_projection", "oracle_linear"):
+                values = bands[what]
+                lines.append(f"| {image} | {what} | " + " | ".join(f"{v * 1e6:.1f}" for v in values) + f" | {sum(values) * 1e6:.1f} |")
+    lines += ["", f"Device: {run['device']}. Command (with `EMSSL_DATA=../shared/data PYTHONPATH=src` in front): "
+              f"`{run['command']}`."]
+    return lines
+
+
 def error_bands_section(runs: list[dict]) -> list[str]:
     """Where the denoising error is (``error_bands_denoise*.json``, ``benchmarks/denoise_error_bands.py``)."""
     run = runs[0]
@@ -1258,6 +1306,9 @@ def main() -> None:
         longer_sr = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob(f"{task}_steps_*.json"))]
         if run and longer_sr and task == "superres":
             lines += [""] + superres_steps_section(longer_sr, run)
+        headroom = HERE / "results" / "superres_headroom.json"
+        if task == "superres" and headroom.is_file():
+            lines += [""] + superres_headroom_section(json.loads(headroom.read_text()), run)
         if run and blind and _loss(run) != "blind-spot":
             results = HERE / "results"
             neighbour = [json.loads(p.read_text()) for p in sorted(results.glob(f"revisible_neighbour_{task}_*.json"))]
