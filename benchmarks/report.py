@@ -11,6 +11,7 @@ model cards in ``src/napari_emssl/zoo/index.json``).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import matplotlib
@@ -322,13 +323,18 @@ def _leak(run: dict) -> float:
     return float(run.get("leak_correction", 0.0))
 
 
+def _run_order(path: Path) -> list:
+    """Sort key of a result file: whole numbers in its name compared as numbers (``z10`` after ``z9``)."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", path.stem)]
+
+
 def _restoration_runs(task: str, loss: str | None = None, corrected: bool | None = None) -> dict | None:
     """``restoration_<task>*.json`` merged (runs split over processes): the first file's settings, all rows.
 
     ``loss``: only the files of our denoiser trained with that loss (and the files without our rows).
     ``corrected=False``: only the files of our denoiser without the mean correction (and those without our rows).
     """
-    paths = sorted((HERE / "results").glob(f"restoration_{task}*.json"))
+    paths = sorted((HERE / "results").glob(f"restoration_{task}*.json"), key=_run_order)
     runs = [json.loads(p.read_text()) for p in paths]
     if loss is not None:
         runs = [r for r in runs if _loss(r) == loss or not _has_ours(r)]
@@ -351,7 +357,9 @@ def _restoration_runs(task: str, loss: str | None = None, corrected: bool | None
         if "n2v" in r:
             merged["n2v"] = {**r["n2v"], **merged.get("n2v", {})} if "long_epochs" not in r["n2v"] else \
                 {**merged.get("n2v", {}), "long_epochs": r["n2v"]["long_epochs"]}
-    commands = [_denoise_command(r) for r in runs]
+    # the commands of the files whose rows are shown (a later file replaces an earlier one's row of the same image and method)
+    last = {(row["image"], row["method"]): i for i, r in enumerate(runs) for row in r["rows"]}
+    commands = [_denoise_command(runs[i]) for i in sorted(set(last.values()))]
     merged["command"] = "` and `".join(dict.fromkeys(commands))
     return merged
 
@@ -1094,7 +1102,7 @@ def mask_replace_section(runs: list[dict], main: dict | None = None) -> list[str
     for run in runs:
         for row in run["rows"]:
             cells.setdefault((row["image"], run["mask_replace"]), {})[row["method"]] = row["psnr"]
-    for path in sorted((HERE / "results").glob("restoration_denoise*.json")):  # same training, already in the table
+    for path in sorted((HERE / "results").glob("restoration_denoise*.json"), key=_run_order):  # same training, already in the table
         run = json.loads(path.read_text())
         if run.get("seed", 0) == runs[0]["seed"] and run["steps"] == runs[0]["steps"] and _loss(run) == _loss(runs[0]):
             for row in run["rows"]:
