@@ -661,6 +661,56 @@ def superres_steps_section(runs: list[dict], main: dict) -> list[str]:
     return lines
 
 
+def _pair_factors(run: dict) -> str:
+    return f"{run['smin']:.3g}" if run["smin"] == run["smax"] else f"{run['smin']:.3g}-{run['smax']:.3g}"
+
+
+def _pair_factors_order(run: dict) -> tuple:
+    return (run["image"], len(run["apply"]), -run["smin"], -run["smax"])
+
+
+def superres_pair_factors_section(runs: list[dict], main: dict | None) -> list[str]:
+    """Super-resolution trained on pairs made at other factors (``superres_pair_factors_*.json``)."""
+    table = {(r["image"], r["method"]): r for r in main["rows"]} if main else {}
+    own = {r["image"]: r for r in runs if r["smin"] == r["smax"] == 2 and r["apply"] == [2.0]}
+    agree = [abs(r["psnr"] - table[(i, "ours")]["psnr"]) for i, r in own.items() if (i, "ours") in table]
+    lines = ["### Training pairs at smaller factors",
+             "",
+             "The pairs ours learns from are the small image downscaled once more by 2, which on an atomic lattice leaves "
+             "columns about a pixel wide. Here each batch's pairs were made at a factor drawn uniformly from a range (a box "
+             "average over s x s pixels with exact fractional areas, upsampled bicubically back), everything else as "
+             "`emssl finetune --task superres` (bundled weights, 600 steps, seed 0); the network was then applied once at x2, "
+             "or in two steps of x1.41 (gradual upsampling, each step bicubic then the network). Pairs at 2 is the package's own "
+             "training in the same script (the whole image at once, no tiling)"
+             + (f": {max(agree):.2f} dB or closer to the main table's one-view ours on the same images" if agree else "")
+             + ". PSNR in dB, one view:",
+             "",
+             "| image | pair factors | applied | PSNR | minus bicubic | minus pairs at 2 | main table ours |",
+             "|---|---|---|---|---|---|---|"]
+    for r in sorted(runs, key=_pair_factors_order):
+        pairs = _pair_factors(r)
+        applied = " then ".join(f"{f:.3g}" for f in r["apply"])
+        base = own.get(r["image"])
+        versus = f"{r['psnr'] - base['psnr']:+.2f}" if base and base is not r else "-"
+        ours = table.get((r["image"], "ours"))
+        name = f"{r['image']} (held out)" if r["image"] in r.get("held_out", []) else r["image"]
+        lines.append(f"| {name} | {pairs} | {applied} | {r['psnr']:.2f} | {r['gain']:+.2f} | {versus} | "
+                     + (f"{ours['psnr']:.2f} |" if ours else "- |"))
+    for low in sorted({r["smin"] for r in runs if r["smin"] < 2 and r["apply"] == [2.0]}, reverse=True):
+        diffs = [(r["image"], r["psnr"] - own[r["image"]]["psnr"]) for r in sorted(runs, key=_pair_factors_order)
+                 if r["image"] in own and r["apply"] == [2.0] and (r["smin"], r["smax"]) == (low, 2.0)]
+        if diffs:
+            lines += ["", f"Measured: pairs at {low:.3g}-2 minus pairs at 2: " + ", ".join(f"{i} {d:+.2f} dB" for i, d in diffs)
+                      + "."]
+    steps = [(f"{r['image']} (pairs at {_pair_factors(r)})", r["psnr"] - own[r["image"]]["psnr"]) for r in sorted(runs, key=_pair_factors_order)
+             if r["image"] in own and len(r["apply"]) > 1]
+    if steps:
+        lines += ["", "Applied in two steps, minus pairs at 2 applied once: " + ", ".join(f"{i} {d:+.2f} dB" for i, d in steps)
+                  + "."]
+    lines += _runs_footer(runs, env="EMSSL_DATA=../shared/data PYTHONPATH=src")
+    return lines
+
+
 def superres_headroom_section(run: dict, main: dict | None) -> list[str]:
     """Linear filters against the reference (``superres_headroom.json``): how much x2 super-resolution can gain."""
     rows, big = run["rows"], str(max(run["sizes"]))
@@ -1314,6 +1364,9 @@ def main() -> None:
         longer_sr = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob(f"{task}_steps_*.json"))]
         if run and longer_sr and task == "superres":
             lines += [""] + superres_steps_section(longer_sr, run)
+        factors = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob(f"{task}_pair_factors_*.json"))]
+        if factors:
+            lines += [""] + superres_pair_factors_section(factors, run)
         headroom = HERE / "results" / "superres_headroom.json"
         if task == "superres" and headroom.is_file():
             lines += [""] + superres_headroom_section(json.loads(headroom.read_text()), run)
