@@ -671,6 +671,7 @@ def _pair_factors_order(run: dict) -> tuple:
 
 def superres_pair_factors_section(runs: list[dict], main: dict | None) -> list[str]:
     """Super-resolution trained on pairs made at other factors (``superres_pair_factors_*.json``)."""
+    runs = sorted(runs, key=_pair_factors_order)
     table = {(r["image"], r["method"]): r for r in main["rows"]} if main else {}
     own = {r["image"]: r for r in runs if r["smin"] == r["smax"] == 2 and r["apply"] == [2.0]}
     agree = [abs(r["psnr"] - table[(i, "ours")]["psnr"]) for i, r in own.items() if (i, "ours") in table]
@@ -687,7 +688,7 @@ def superres_pair_factors_section(runs: list[dict], main: dict | None) -> list[s
              "",
              "| image | pair factors | applied | PSNR | minus bicubic | minus pairs at 2 | main table ours |",
              "|---|---|---|---|---|---|---|"]
-    for r in sorted(runs, key=_pair_factors_order):
+    for r in runs:
         pairs = _pair_factors(r)
         applied = " then ".join(f"{f:.3g}" for f in r["apply"])
         base = own.get(r["image"])
@@ -697,13 +698,13 @@ def superres_pair_factors_section(runs: list[dict], main: dict | None) -> list[s
         lines.append(f"| {name} | {pairs} | {applied} | {r['psnr']:.2f} | {r['gain']:+.2f} | {versus} | "
                      + (f"{ours['psnr']:.2f} |" if ours else "- |"))
     for low in sorted({r["smin"] for r in runs if r["smin"] < 2 and r["apply"] == [2.0]}, reverse=True):
-        diffs = [(r["image"], r["psnr"] - own[r["image"]]["psnr"]) for r in sorted(runs, key=_pair_factors_order)
+        diffs = [(r["image"], r["psnr"] - own[r["image"]]["psnr"]) for r in runs
                  if r["image"] in own and r["apply"] == [2.0] and (r["smin"], r["smax"]) == (low, 2.0)]
         if diffs:
             lines += ["", f"Measured: pairs at {low:.3g}-2 minus pairs at 2: " + ", ".join(f"{i} {d:+.2f} dB" for i, d in diffs)
                       + "."]
-    steps = [(f"{r['image']} (pairs at {_pair_factors(r)})", r["psnr"] - own[r["image"]]["psnr"]) for r in sorted(runs, key=_pair_factors_order)
-             if r["image"] in own and len(r["apply"]) > 1]
+    steps = [(f"{r['image']} (pairs at {_pair_factors(r)})", r["psnr"] - own[r["image"]]["psnr"])
+             for r in runs if r["image"] in own and len(r["apply"]) > 1]
     if steps:
         lines += ["", "Applied in two steps, minus pairs at 2 applied once: " + ", ".join(f"{i} {d:+.2f} dB" for i, d in steps)
                   + "."]

@@ -43,6 +43,7 @@ from napari_emssl import api  # noqa: E402
 from napari_emssl.config import FinetuneConfig  # noqa: E402
 from napari_emssl.data.degrade import downscale_area, upscale_bicubic  # noqa: E402
 from napari_emssl.data.normalize import percentile_normalize  # noqa: E402
+from napari_emssl.restoration import NORMALIZATION, denormalize  # noqa: E402
 from napari_emssl.tasks import superres  # noqa: E402
 from napari_emssl.tasks.metrics import restoration_metrics  # noqa: E402
 from napari_emssl.tasks.restoration import restoration_loss, to_tensor  # noqa: E402
@@ -114,7 +115,7 @@ def main() -> None:
     result = api.finetune(low, config=FinetuneConfig(task="superres", init=args.init, preview_every_s=0, steps=args.steps, seed=0))
     train_seconds = time.perf_counter() - started
     net = result.model.net.eval()
-    norm, stats = percentile_normalize(low, 1.0, 99.8)
+    norm, stats = percentile_normalize(low, NORMALIZATION["low"], NORMALIZATION["high"])  # as the model was trained
     factors = [float(f) for f in args.apply.split(",")]
     grid, total = norm, 1.0
     for i, f in enumerate(factors):
@@ -122,7 +123,7 @@ def main() -> None:
         shape = clean.shape if i == len(factors) - 1 else (round(low.shape[0] * total), round(low.shape[1] * total))
         up = bicubic_to(torch.from_numpy(np.ascontiguousarray(grid))[None, None], shape)[0, 0].numpy()
         grid = run_net(net, up, int(net.size_multiple))
-    out = (grid * (stats.p_high - stats.p_low) + stats.p_low).astype(np.float32)
+    out = denormalize(grid, stats, "superres")
     scores = restoration_metrics(clean, out, float(np.ptp(clean)))
     bicubic = restoration_metrics(clean, upscale_bicubic(low, 2).astype(np.float32), float(np.ptp(clean)))
     row = {"image": args.image, "smin": args.smin, "smax": args.smax, "apply": factors, "steps": args.steps, "init": args.init,
