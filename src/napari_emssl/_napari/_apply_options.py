@@ -23,8 +23,9 @@ class PredictOptions:
         self.tta = QComboBox(parent)
         for text, value in TTA_CHOICES:
             self.tta.addItem(text, value)
-        self.tta.setToolTip("Restoration: average the 8 flips/rotations of each slice. Cleaner (0.4-1 dB on the benchmark "
-                            "images) at eight times the prediction time; automatic: on for single images, off for stacks")
+        self.tta.setToolTip("Restoration: average the 8 flips/rotations of each slice. Cleaner (0.3-1.3 dB on the benchmark "
+                            "images, most on smooth ones) at eight times the prediction time; automatic: on for "
+                            "single images, off for stacks")
         self.leak = QDoubleSpinBox(parent)
         self.leak.setRange(-0.05, 1.0)  # the minimum shows "as trained": the share the model records
         self.leak.setSingleStep(0.05)
