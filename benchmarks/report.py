@@ -948,8 +948,9 @@ VIEW_METHODS = (("one", "one view"), ("one_shift11", "+ shifted 1 px"), ("one_sh
                 ("one_mirror", "+ mirror"), ("tta", "8 flips/rotations"), ("tta_shifts", "8 x 4 shifts"))
 
 
-def denoise_views_section(runs: list[dict]) -> list[str]:
-    """Denoising with the predictions of several views averaged (``denoise_views_*.json``)."""
+def denoise_views_section(runs: list[dict], bilinear: list[dict] | None = None, main: dict | None = None) -> list[str]:
+    """Denoising with the predictions of several views averaged (``denoise_views_*.json``); ``bilinear``: runs of a
+    decoder with bilinear upsampling from random weights (``views_bilinear_*.json``), next to ``main``'s ours_random."""
     held_out = ("stem_abf", "sem_nanowires_05", "sem_nanowires_12", "sstem_stack1")  # restoration.HELD_OUT
     order = ("stem_adf", "sem_aquami", "stem_detector", "sem_nanowires")
     runs = sorted(runs, key=lambda r: (r["rows"][0]["image"] in held_out, order.index(r["rows"][0]["image"])
@@ -990,13 +991,35 @@ def denoise_views_section(runs: list[dict]) -> list[str]:
         "one: besides the pattern it averages the network's other orientation-dependent errors. The 8-view average "
         "cancels the pattern on even-sized images (shifts on top of it gain a few hundredths of a dB for four times the "
         "passes), less on odd-sized ones (the 511 x 511 crop). On stacks of smooth images, turning on *Average flips* "
-        "(`emssl predict --tta`) is worth its time; the defaults are unchanged. Removing the pattern at its source "
-        "(bilinear upsampling in the decoder) would need new bundled weights.",
-        "",
+        "(`emssl predict --tta`) is worth its time; the defaults are unchanged."]
+    for run in bilinear or []:
+        cell = {r["method"]: r for r in run["rows"]}
+        image = run["rows"][0]["image"]
+        default = {r["method"]: r for r in (main or {}).get("rows", []) if r["image"] == image}  # later rows replace earlier
+        if not {"ours_random", "ours_random_tta"} <= set(cell) or not {"ours_random", "ours_random_tta"} <= set(default):
+            continue
+        lines[-1] += (f" The pattern's source, the transposed convolution, replaced by bilinear upsampling (`--arch-kwargs "
+                      f"'{json.dumps(run['arch_kwargs'])}'`, from random weights: the bundled weights are for the "
+                      f"transposed convolution): on {image} {cell['ours_random']['psnr']:.2f} dB with one view and "
+                      f"{cell['ours_random_tta']['psnr']:.2f} with 8, against {default['ours_random']['psnr']:.2f} and "
+                      f"{default['ours_random_tta']['psnr']:.2f} for the default decoder from random weights (main table): "
+                      f"{_compare(cell['ours_random']['psnr'] - default['ours_random']['psnr'], cell['ours_random_tta']['psnr'] - default['ours_random_tta']['psnr'])}"
+                      f"; 8 views still add {cell['ours_random_tta']['psnr'] - cell['ours_random']['psnr']:.2f} dB there "
+                      f"(command: `{run['command']}`).")
+    lines += ["",
         "The networks were trained once and reused by the runs (`--save-model` / `--model`); each command below trains "
         "its network again (training is deterministic at one thread)."]
     lines += _runs_footer(runs, "EMSSL_DATA=../shared/data PYTHONPATH=.bench-site:src")
     return lines
+
+
+def _compare(one: float, eight: float) -> str:
+    """Words for the changes ``one`` (one view) and ``eight`` (8 views), dB."""
+    if one < 0 and eight < 0:
+        return f"worse with both ({one:+.2f} / {eight:+.2f} dB)"
+    if one > 0 and eight > 0:
+        return f"better with both ({one:+.2f} / {eight:+.2f} dB)"
+    return f"{one:+.2f} dB with one view, {eight:+.2f} with 8"
 
 
 def _views_passes(runs: list[dict], method: str) -> int:
@@ -1502,7 +1525,8 @@ def main() -> None:
             lines += [""] + leak_correction_section(leaks) + ["", f"![Leak correction]({plot_leak(leaks)})"]
         views = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob("denoise_views_*.json"), key=_run_order)]
         if views and task == "denoise":
-            lines += [""] + denoise_views_section(views) + ["", f"![Views averaged]({plot_views(views)})"]
+            bilinear = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob(f"views_bilinear_{task}_*.json"))]
+            lines += [""] + denoise_views_section(views, bilinear, run) + ["", f"![Views averaged]({plot_views(views)})"]
         archs = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob(f"arch_{task}_*.json"))]
         if archs:
             lines += [""] + arch_section(archs, plain)
