@@ -5,10 +5,12 @@ one of its images, fine-tunes ours once (``emssl finetune --task denoise`` defau
 (true noise parameters), then predicts with that one network as ``emssl predict`` does (leak
 and mean corrections at the model's defaults) and averages, per pixel, the predictions for:
 
-- ``one``: the image itself (the default for stacks);
+- ``one``: the image itself (``--no-tta``);
 - ``one_shift11``: the image and the image shifted by one pixel down and right (2 passes);
 - ``one_shifts``: the image shifted by 0 or 1 pixel in y and in x (4 passes);
-- ``one_mirror``: the image and its left-right mirror (2 passes);
+- ``one_mirror``: the image and its left-right mirror (2 passes), each corrected, then averaged;
+- ``stack_default``: what ``emssl predict`` gives a stack by default (the image as a one-slice stack: the
+  image and its mirror averaged, then corrected once);
 - ``tta``: the 8 flips/rotations (the default for a single 2D image);
 - ``tta_shifts``: the 8 flips/rotations of each of the 4 shifts above (32 passes).
 
@@ -133,6 +135,9 @@ def main() -> None:
             started = time.perf_counter()
             out = sum(predicted(model, noisy, shift, view) for shift, view in views) / len(views)
             add(method, out, len(views), time.perf_counter() - started)
+        started = time.perf_counter()  # what a stack gets by default (the image as a one-slice stack)
+        add("stack_default", api.predict(model, noisy[None], PredictConfig(device="cpu")).image[0],
+            PredictConfig().view_count(noisy[None].shape), time.perf_counter() - started)
         started = time.perf_counter()
         add("tta", predicted(model, noisy, tta=True), len(DIHEDRAL), time.perf_counter() - started)
         started = time.perf_counter()

@@ -386,7 +386,8 @@ def restoration_section(run: dict) -> list[str]:
                  + (f", mean correction {_correction(run):g} px" if _correction(run) else "") + ") and ours_random the same "
                  "from random weights; "
                  "ours_tta is the mean of the 8 flips/rotations, what `emssl predict` and the Apply widget give by default "
-                 "for a single 2D image (ours: one view, the default for stacks). The bundled weights were pretrained "
+                 "for a single 2D image (ours: one view, `--no-tta`; the default for stacks was one view until the "
+                 "section \"Which views to average\" below, and is now the image and its mirror). The bundled weights were pretrained "
                  "(GAN pretext) on every unlabeled image of the data folder, these four included: ours_random shows the "
                  "result without that start, and the last section below adds an image the pretraining never saw."]
     else:
@@ -934,7 +935,7 @@ def leak_correction_section(runs: list[dict]) -> list[str]:
           f"the network: one view took {sum(a for a, _ in seconds) / len(seconds):.1f} s with it and "
           f"{sum(b for _, b in seconds) / len(seconds):.1f} s without it on these 512 x 512 images (one thread, mean). "
           "How the default was chosen: 0.5 and 0.75 gain about the same on average with 8 views, 0.5 more with one view "
-          "(the default for stacks), and 0.5 loses far less where the correction hurts (the worst runs above; 0.75 "
+          "(then the default for stacks), and 0.5 loses far less where the correction hurts (the worst runs above; 0.75 "
           "was the default briefly, and the main table above was measured with it). The weight does not tell where "
           "the correction helps (stem_abf: 0.054, like the detector image's, but -0.12 dB at f = 0.75): the share is "
           "one default for every image, 0 turns it off. The networks of seed 0 on the four "
@@ -945,7 +946,7 @@ def leak_correction_section(runs: list[dict]) -> list[str]:
 
 
 VIEW_METHODS = (("one", "one view"), ("one_shift11", "+ shifted 1 px"), ("one_shifts", "4 shifts"),
-                ("one_mirror", "+ mirror"), ("tta", "8 flips/rotations"), ("tta_shifts", "8 x 4 shifts"))
+                ("one_mirror", "+ mirror"), ("stack_default", "stacks' default"), ("tta", "8 flips/rotations"), ("tta_shifts", "8 x 4 shifts"))
 
 
 def denoise_views_section(runs: list[dict], bilinear: list[dict] | None = None, main: dict | None = None) -> list[str]:
@@ -958,10 +959,11 @@ def denoise_views_section(runs: list[dict], bilinear: list[dict] | None = None, 
     lines = ["### Which views to average: the period-2 pattern of one view",
              "",
              "The denoiser's last upsampling is a 2 x 2 transposed convolution with stride 2, which can leave a pattern "
-             "that repeats every 2 pixels. With one view (the default for stacks) part of the error is that pattern; a "
+             "that repeats every 2 pixels. With one view (the default for stacks before this section) part of the error is that pattern; a "
              "mirrored view or one shifted by one pixel has it with the opposite sign, so averaging cancels it. One "
              "training per image (the defaults, seed 0; on the four main images the networks of the main table), then each set of views predicted "
-             "as `emssl predict` does (leak and mean corrections on) and averaged; passes: network passes per image "
+             "as `emssl predict` does (leak and mean corrections on) and averaged; stacks' default: what `emssl predict` now "
+             "gives a stack (the image as a one-slice stack: the image and its mirror averaged, then corrected once); passes: network passes per image "
              "without the probe pass; PSNR in dB; period-2 error: the error near the three Nyquist frequencies "
              "((-1)^(x+y), (-1)^y, (-1)^x, each demodulated with a 2 px Gaussian), summed, as a share of the whole "
              "mean square error:",
@@ -990,8 +992,13 @@ def denoise_views_section(runs: list[dict], bilinear: list[dict] | None = None, 
         "8-view average wins, at a quarter of its passes. On the other images a mirrored view gains more than a shifted "
         "one: besides the pattern it averages the network's other orientation-dependent errors. The 8-view average "
         "cancels the pattern on even-sized images (shifts on top of it gain a few hundredths of a dB for four times the "
-        "passes), less on odd-sized ones (the 511 x 511 crop). On stacks of smooth images, turning on *Average flips* "
-        "(`emssl predict --tta`) is worth its time; the defaults are unchanged."]
+        "passes), less on odd-sized ones (the 511 x 511 crop). Since these runs, stacks and images bigger than 4096 x 4096 "
+        "get the image and its mirror by default (`tta=None`; `--no-tta` gives one view, `--tta` the 8): "
+        f"{min(gains['stack_default']):+.2f} to {max(gains['stack_default']):+.2f} dB over one view above, for twice the "
+        "network passes of one view (with the leak correction's probe pass 3 instead of 2; "
+        f"{_mean_seconds(runs, 'one'):.1f} s and {_mean_seconds(runs, 'stack_default'):.1f} s per 512 x 512 image here, "
+        "one thread, mean). "
+        "On stacks of smooth images *Average flips* (`--tta`) is still worth its time."]
     for run in bilinear or []:
         cell = {r["method"]: r for r in run["rows"]}
         image = run["rows"][0]["image"]
@@ -1011,6 +1018,11 @@ def denoise_views_section(runs: list[dict], bilinear: list[dict] | None = None, 
         "its network again (training is deterministic at one thread)."]
     lines += _runs_footer(runs, "EMSSL_DATA=../shared/data PYTHONPATH=.bench-site:src")
     return lines
+
+
+def _mean_seconds(runs: list[dict], method: str) -> float:
+    seconds = [r["predict_seconds"] for run in runs if not run["crop"] for r in run["rows"] if r["method"] == method]
+    return sum(seconds) / len(seconds)
 
 
 def _compare(one: float, eight: float) -> str:

@@ -116,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="restoration: write the input's pixel type (rounded, clipped to its range) instead of float32")
     pr.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                     help="restoration: average the predictions of the 8 flips/rotations of each slice (8x slower; "
-                         "default: on for a single image of at most 4096 x 4096 pixels, off for bigger images and stacks)")
+                         "default: on for a single image of at most 4096 x 4096 pixels; bigger images and stacks get the "
+                         "mean of each slice and its mirror, 2x); --no-tta: one view")
     pr.add_argument("--leak-correction", type=float, default=None, metavar="F",
                     help="self-supervised denoising: the share of each pixel's own weight to take out, instead of the "
                          "one the model records (0: off; 1: each pixel from its neighbours alone)")

@@ -178,15 +178,15 @@ class RestorePlanes(_Planes):
         paired = bool(((model.meta.get("lineage") or {}).get("finetune") or {}).get("paired"))
         if config.leak_correction is not None and self.task == "denoise" and not paired:  # the user's choice at Apply
             self.leak_correction = float(config.leak_correction)
-        self.views = DIHEDRAL[:1]  # set_shape: all 8 when the config's tta asks for it
+        self.views = DIHEDRAL[:1]  # set_shape: the views the config asks for (restoration.views_for)
         self.stats: NormStats | None = None
         self.dtype = None
         self.clipped = 0
 
     def set_shape(self, shape: tuple[int, ...]) -> None:
-        from .restoration import DIHEDRAL
+        from .restoration import views_for
 
-        self.views = DIHEDRAL if self.config.uses_tta(shape) else DIHEDRAL[:1]
+        self.views = views_for(self.config, shape)
 
     def specs(self, shape: tuple[int, ...], dtype) -> dict[str, tuple]:
         self.dtype = np.dtype(dtype) if self.config.keep_dtype else np.dtype(np.float32)
@@ -289,7 +289,8 @@ def _apply(model, net, image, shape, config, make_sinks, device, cancel, name) -
     total = per_plane * len(indices)
     info = {"task": model.task, "tile": planes.tile, "overlap": planes.overlap, "batch_size": batch, "slices": len(indices),
             "factor": getattr(planes, "factor", 1),
-            "tta": model.task != "segment" and len(planes.views) > 1,
+            "tta": model.task != "segment" and len(planes.views) == 8,
+            "views": len(planes.views) if model.task != "segment" else 1,
             "z_average": float(config.z_average) if model.task == "segment" else 0.0,
             "mean_correction": getattr(planes, "mean_correction", 0.0),
             "leak_correction": getattr(planes, "leak_correction", 0.0)}

@@ -245,8 +245,8 @@ def iter_finetune_restoration(
     yield from _train_events(net, loss_fn, config, total_steps, device, cancel, preview_fn, state)
     metrics: dict[str, Any] = {}
     if target is not None and not state.cancelled:
-        # scored as Apply will give it by default: the 8-view average for a single 2D image, one view for a stack
-        views = DIHEDRAL if PredictConfig().uses_tta(image.shape) else DIHEDRAL[:1]
+        # scored as Apply will give it by default: the 8-view average for a single 2D image, 2 views for a stack
+        views = views_for(PredictConfig(), image.shape)
         metrics = _target_metrics(lambda plane: restore_views(restore_plane, plane, views), image, target, norm, stats,
                                   task, factor)
         metrics["views"] = len(views)
@@ -303,6 +303,12 @@ def _target_metrics(restore_plane, image, target, norm, stats, task, factor) -> 
 # ---------------------------------------------------------------------------------------------- apply
 
 DIHEDRAL = tuple((k, flip) for flip in (False, True) for k in range(4))  # (quarter turns, mirrored): identity first
+MIRRORED = (DIHEDRAL[0], DIHEDRAL[4])  # the slice and its left-right mirror
+
+
+def views_for(config: PredictConfig, shape: tuple[int, ...]) -> tuple[tuple[int, bool], ...]:
+    """The views a restoration of an input of ``shape`` averages (:meth:`PredictConfig.view_count`), identity first."""
+    return {8: DIHEDRAL, 2: MIRRORED, 1: DIHEDRAL[:1]}[config.view_count(shape)]
 
 
 def _dihedral(plane: np.ndarray, k: int, flip: bool) -> np.ndarray:

@@ -10,7 +10,7 @@ from napari_emssl import api
 from napari_emssl.config import FinetuneConfig, PredictConfig
 from napari_emssl.data.degrade import upscale_bicubic
 from napari_emssl.data.normalize import percentile_normalize
-from napari_emssl.engine.model_dir import load_model
+from napari_emssl.engine.model_dir import TrainedModel, load_model
 from napari_emssl.engine.predictor import count_tiles
 from napari_emssl.errors import InputError
 from napari_emssl.restoration import denormalize, to_dtype
@@ -454,20 +454,34 @@ def test_test_time_augmentation_averages_the_eight_views(tiny_config):
 
 
 def test_test_time_augmentation_is_automatic_for_single_images_only(tiny_config, monkeypatch):
-    """Default ``tta=None``: the 8-view average for a single image, one view for a stack or a very big image."""
+    """Default ``tta=None``: the 8-view average for a single image; a stack or a very big image gets each slice and
+    its left-right mirror averaged; ``tta=False`` one view."""
     from napari_emssl.config import finetune as finetune_config
 
     _, image = _clean_and_noisy(seed=8, shape=(48, 64), sigma=5.0)
     denoiser = api.finetune(image, config=tiny_config(task="denoise", steps=2)).model
     auto = list(api.iter_predict(denoiser, image, PredictConfig(device="cpu")))
-    assert auto[0].info["tta"] is True
+    assert auto[0].info["tta"] is True and auto[0].info["views"] == 8
     np.testing.assert_array_equal(auto[-1].result.image, api.predict(denoiser, image, PredictConfig(device="cpu", tta=True)).image)
     stack = np.stack([image, image[::-1]])
-    assert list(api.iter_predict(denoiser, stack, PredictConfig(device="cpu")))[0].info["tta"] is False
+    events = list(api.iter_predict(denoiser, stack, PredictConfig(device="cpu")))
+    assert events[0].info["tta"] is False and events[0].info["views"] == 2
+    tiles = count_tiles((48, 64), events[0].info["tile"], events[0].info["overlap"])
+    assert events[0].total_steps == 2 * (2 + 1) * tiles  # 2 slices x (2 views + the leak-correction probe pass)
+    # the mean of each slice's prediction and its mirror's, mirrored back (corrections off, so this is exact)
+    bare = TrainedModel(net=denoiser.net, meta={**denoiser.meta, "leak_correction": 0.0, "mean_correction": 0.0})
+    one = PredictConfig(device="cpu", tta=False, amp=False)
+    expected = (api.predict(bare, stack, one).image + api.predict(bare, np.ascontiguousarray(stack[..., ::-1]), one).image[..., ::-1]) / 2
+    got = api.predict(bare, stack, PredictConfig(device="cpu", amp=False)).image
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * float(np.ptp(stack)))
+    plain = list(api.iter_predict(denoiser, stack, PredictConfig(device="cpu", tta=False)))
+    assert plain[0].info["views"] == 1 and not np.allclose(plain[-1].result.image, events[-1].result.image)
     assert list(api.iter_predict(denoiser, stack, PredictConfig(device="cpu", tta=True)))[0].info["tta"] is True
     monkeypatch.setattr(finetune_config, "TTA_AUTO_MAX_PIXELS", image.size - 1)  # a "big" single image
-    assert list(api.iter_predict(denoiser, image, PredictConfig(device="cpu")))[0].info["tta"] is False
+    assert list(api.iter_predict(denoiser, image, PredictConfig(device="cpu")))[0].info["views"] == 2
     assert PredictConfig().uses_tta((10, 4096, 4096)) is False and PredictConfig(tta=False).uses_tta((8, 8)) is False
+    assert PredictConfig().view_count((10, 4096, 4096)) == 2 and PredictConfig(tta=False).view_count((3, 8, 8)) == 1
+    assert PredictConfig(tta=True).view_count((3, 8, 8)) == 8 and PredictConfig().view_count((8, 8)) == 8
     with pytest.raises(InputError, match="tta must be"):
         PredictConfig(tta="yes")
 

@@ -63,7 +63,7 @@ def test_denoise_in_the_widgets(qtbot, viewer_widgets, notes, wait_idle):
     assert np.allclose(result.scale, SCALE) and np.allclose(result.translate, TRANSLATE)
     assert result.metadata.get("source_file") == "crop.tif"
     assert "Restored 1 of 1 image" in apply.controls.status.text()
-    assert apply.config().tta is None  # automatic: the 8-view average for single images, not for stacks
+    assert apply.config().tta is None  # automatic: the 8-view average for single images, 2 views for stacks
     assert apply.config().z_average == 0.0
     apply.z_average.setChecked(True)
     assert apply.config().z_average == 0.25

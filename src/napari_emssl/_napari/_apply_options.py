@@ -7,7 +7,7 @@ from typing import Any
 from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QWidget
 
 Z_AVERAGE = 0.25  # "smooth along z": neighbour weights 1:4:1 (docs/benchmarks.md, z-consistency)
-TTA_CHOICES = (("auto: single images up to 4096 x 4096", None), ("on", True), ("off", False))
+TTA_CHOICES = (("auto: 8 views for single images, 2 for stacks", None), ("on: 8 views", True), ("off: one view", False))
 
 
 class PredictOptions:
@@ -24,8 +24,9 @@ class PredictOptions:
         for text, value in TTA_CHOICES:
             self.tta.addItem(text, value)
         self.tta.setToolTip("Restoration: average the 8 flips/rotations of each slice. Cleaner (0.3-1.3 dB on the benchmark "
-                            "images, most on smooth ones) at eight times the prediction time; automatic: on for "
-                            "single images, off for stacks")
+                            "images, most on smooth ones) at eight times the prediction time; automatic: the 8 views "
+                            "for single images up to 4096 x 4096, each slice and its mirror for stacks and bigger "
+                            "images (twice the time of one view)")
         self.leak = QDoubleSpinBox(parent)
         self.leak.setRange(-0.05, 1.0)  # the minimum shows "as trained": the share the model records
         self.leak.setSingleStep(0.05)

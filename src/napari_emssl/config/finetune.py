@@ -31,6 +31,9 @@ MEAN_CORRECTION = 16.0
 LEAK_CORRECTION = 0.5
 #: test-time augmentation is on by default for inputs of at most this many pixels (one 4096 x 4096 image)
 TTA_AUTO_MAX_PIXELS = 4096 * 4096
+#: views a restoration averages when ``tta`` is None and the input is a stack or bigger than TTA_AUTO_MAX_PIXELS:
+#: the slice and its left-right mirror (cancels the period-2 pattern one view keeps; docs/benchmarks.md)
+AUTO_VIEWS_LARGE = 2
 
 
 def _positive_int(name: str, value: Any, *, allow_none: bool = False) -> None:
@@ -180,8 +183,9 @@ class PredictConfig:
     amp: bool = True
     probabilities: bool = False  # also return per-class probabilities (segmentation)
     keep_dtype: bool = False  # restoration: return the input's dtype (rounded, clipped to its range) instead of float32
-    # restoration: average the 8 flips/rotations of each slice (8x the prediction time); None: on for a single 2D
-    # image of at most TTA_AUTO_MAX_PIXELS pixels (4096 x 4096), off for bigger images and for stacks
+    # restoration: average the 8 flips/rotations of each slice (8x the prediction time); False: one view; None: the
+    # 8 views for a single 2D image of at most TTA_AUTO_MAX_PIXELS pixels (4096 x 4096), the slice and its mirror
+    # (2 views) for bigger images and for stacks
     tta: bool | None = None
     # segmentation of stacks: average each slice's class probabilities with its two z neighbours, each weighted
     # z_average relative to the slice (0: off; 0.25 = weights 1:4:1). Only for slices of one volume, in order.
@@ -211,6 +215,12 @@ class PredictConfig:
         if self.tta is not None:
             return self.tta
         return len(shape) == 2 and math.prod(int(n) for n in shape) <= TTA_AUTO_MAX_PIXELS
+
+    def view_count(self, shape: tuple[int, ...]) -> int:
+        """How many views restoring an input of ``shape`` averages: 8, 2 (the slice and its mirror) or 1."""
+        if self.uses_tta(shape):
+            return 8
+        return 1 if self.tta is False else AUTO_VIEWS_LARGE
 
     def replace(self, **changes: Any) -> PredictConfig:
         return dataclasses.replace(self, **changes)
