@@ -1020,6 +1020,28 @@ def denoise_views_section(runs: list[dict], bilinear: list[dict] | None = None, 
     return lines
 
 
+def superres_views_lines(runs: list[dict], main: dict | None) -> list[str]:
+    """Super-resolution x2 with one view, the stacks' default and 8 views (``views_superres_*.json``), next to the
+    super-resolution table's bicubic."""
+    order = ("stem_adf", "sem_aquami", "stem_detector", "sem_nanowires")
+    runs = sorted(runs, key=lambda r: order.index(r["rows"][0]["image"]) if r["rows"][0]["image"] in order else 99)
+    bicubic = {r["image"]: r["psnr"] for r in (main or {}).get("rows", []) if r["method"] == "bicubic"}
+    lines = ["", "The same for super-resolution x2 (`emssl finetune --task superres` defaults, one training per image on the "
+             "area-downscaled image as in \"Super-resolution x2\" below; PSNR in dB against the reference; bicubic from "
+             "that section's table):", "",
+             "| image | bicubic | one view | stacks' default (2 views) | 8 flips/rotations | stacks' default minus one view |",
+             "|---|---|---|---|---|---|"]
+    for run in runs:
+        cell = {r["method"]: r for r in run["rows"]}
+        image = run["rows"][0]["image"]
+        base = f"{bicubic[image]:.2f}" if image in bicubic else "-"
+        lines.append(f"| {image} | {base} | {cell['ours']['psnr']:.2f} | {cell['ours_stack']['psnr']:.2f} | "
+                     f"{cell['ours_tta']['psnr']:.2f} | {cell['ours_stack']['psnr'] - cell['ours']['psnr']:+.2f} |")
+    lines += ["", f"Device: {runs[0]['device']}, two runs at a time (one per core). Commands (with "
+              "`EMSSL_DATA=../shared/data PYTHONPATH=src` in front): " + " and ".join(f"`{r['command']}`" for r in runs) + "."]
+    return lines
+
+
 def _mean_seconds(runs: list[dict], method: str) -> float:
     seconds = [r["predict_seconds"] for run in runs if not run["crop"] for r in run["rows"] if r["method"] == method]
     return sum(seconds) / len(seconds)
@@ -1539,6 +1561,9 @@ def main() -> None:
         if views and task == "denoise":
             bilinear = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob(f"views_bilinear_{task}_*.json"))]
             lines += [""] + denoise_views_section(views, bilinear, run) + ["", f"![Views averaged]({plot_views(views)})"]
+            sr_views = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob("views_superres_*.json"))]
+            if sr_views:
+                lines += superres_views_lines(sr_views, _restoration_runs("superres"))
         archs = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob(f"arch_{task}_*.json"))]
         if archs:
             lines += [""] + arch_section(archs, plain)

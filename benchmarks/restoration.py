@@ -191,6 +191,9 @@ def run_ours(noisy, args, init=None, **_):
     if args.tta:
         tta = api.predict(result.model, noisy, PredictConfig(device=args.device, tta=True))
         extra["_tta"] = (tta.image, tta.seconds)
+    if args.stack:  # what a stack gets by default: the image as a one-slice stack
+        stack = api.predict(result.model, noisy[None], PredictConfig(device=args.device))
+        extra["_stack"] = (stack.image[0], stack.seconds)
     if args.jinv:
         extra["_jinv"] = j_invariant_predict(result.model, noisy, args)
     return out.image, extra
@@ -278,6 +281,9 @@ def main() -> None:
                         help="share of the own-pixel weight our denoiser takes out after prediction, 0: off "
                              "(default: the package default)")
     parser.add_argument("--tta", action="store_true", help="also score our models with the 8-view test-time average")
+    parser.add_argument("--stack", action="store_true",
+                        help="also score our models as a stack gets them by default (row <method>_stack: the image as a "
+                             "one-slice stack)")
     parser.add_argument("--jinv", action="store_true",
                         help="denoise: also score our models with each pixel predicted while hidden (rows <method>_jinv)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -312,12 +318,16 @@ def main() -> None:
             if isinstance(out, tuple):
                 out, extra = out
             seconds = time.perf_counter() - started
-            tta, jinv = extra.pop("_tta", None), extra.pop("_jinv", None)
-            outputs = [(method, out, seconds - (tta[1] if tta else 0.0))]
+            tta, jinv, stack = extra.pop("_tta", None), extra.pop("_jinv", None), extra.pop("_stack", None)
+            outputs = [(method, out, seconds - (tta[1] if tta else 0.0) - (stack[1] if stack else 0.0))]
             if tta is not None:
-                outputs.append((f"{method}_tta", tta[0], seconds - extra.get("predict_seconds", 0.0)))
+                outputs.append((f"{method}_tta", tta[0], seconds - extra.get("predict_seconds", 0.0)
+                                - (stack[1] if stack else 0.0)))
             if jinv is not None:
                 outputs.append((f"{method}_jinv", jinv, seconds))
+            if stack is not None:
+                outputs.append((f"{method}_stack", stack[0], seconds - extra.get("predict_seconds", 0.0)
+                                - (tta[1] if tta else 0.0)))
             for label, image, secs in outputs:
                 scores = restoration_metrics(clean, np.asarray(image, np.float32), float(np.ptp(clean)))
                 row = {"image": name, "method": label, "psnr": round(scores["psnr"], 3), "ssim": round(scores["ssim"], 4),
