@@ -48,7 +48,7 @@ import restoration as bench  # noqa: E402
 
 from napari_emssl import api  # noqa: E402
 from napari_emssl.config import FinetuneConfig, PredictConfig  # noqa: E402
-from napari_emssl.engine.model_dir import TrainedModel, load_model  # noqa: E402
+from napari_emssl.engine.model_dir import TrainedModel  # noqa: E402
 from napari_emssl.restoration import DIHEDRAL, _dihedral, _dihedral_inverse  # noqa: E402
 from napari_emssl.tasks.metrics import restoration_metrics  # noqa: E402
 
@@ -109,13 +109,7 @@ def main() -> None:
         if args.crop:
             clean, noisy, bm3d = (a[: args.crop, : args.crop] for a in (clean, noisy, bm3d))
         started = time.perf_counter()
-        if args.model:
-            model = load_model(args.model / f"{name}_{args.seed}", task="denoise")
-        else:
-            model = api.finetune(whole, config=FinetuneConfig(task="denoise", device="cpu", preview_every_s=0,
-                                                              seed=args.seed)).model
-            if args.save_model:
-                model.save(args.save_model / f"{name}_{args.seed}")
+        model = bench.default_denoiser(whole, name, args.seed, args.model, args.save_model)
         train_seconds = round(time.perf_counter() - started, 1)
 
         def add(method: str, image: np.ndarray, passes: int, seconds: float) -> None:

@@ -36,7 +36,7 @@ import restoration as bench  # noqa: E402
 from napari_emssl import api  # noqa: E402
 from napari_emssl.config import MEAN_CORRECTION, FinetuneConfig, PredictConfig  # noqa: E402
 from napari_emssl.data.normalize import percentile_normalize  # noqa: E402
-from napari_emssl.engine.model_dir import TrainedModel, load_model  # noqa: E402
+from napari_emssl.engine.model_dir import TrainedModel  # noqa: E402
 from napari_emssl.tasks import denoise  # noqa: E402
 from napari_emssl.tasks.metrics import restoration_metrics  # noqa: E402
 
@@ -81,13 +81,7 @@ def main() -> None:
         rows.append({"image": name, "method": "bm3d", **score(bench.run_bm3d(noisy, 20.0, 0.02)),
                      "seconds": round(time.perf_counter() - started, 1)})
         started = time.perf_counter()
-        if args.model:
-            model = load_model(args.model / f"{name}_{args.seed}", task="denoise")
-        else:
-            model = api.finetune(noisy, config=FinetuneConfig(task="denoise", device="cpu", preview_every_s=0,
-                                                              seed=args.seed)).model
-            if args.save_model:
-                model.save(args.save_model / f"{name}_{args.seed}")
+        model = bench.default_denoiser(noisy, name, args.seed, args.model, args.save_model)
         train_seconds = round(time.perf_counter() - started, 1)
         weight = own_weight(model, noisy)
         for share in args.shares:

@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DOCS = HERE.parent / "docs"
+HELD_OUT = ("stem_abf", "sem_nanowires_05", "sem_nanowires_12", "sstem_stack1")  # restoration.HELD_OUT
 
 
 def segmentation_section(results: list[dict]) -> list[str]:
@@ -67,6 +68,13 @@ def plot_segmentation(results: list[dict]) -> str | None:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
     return "images/segmentation_strokes.png"
+
+
+def _save_plot(fig, name: str) -> str:
+    """Write ``fig`` to ``docs/<name>`` (tight layout, 120 dpi); returns ``name`` for the page's image link."""
+    fig.tight_layout()
+    fig.savefig(DOCS / name, dpi=120)
+    return name
 
 
 def _runs(name: str) -> list[dict]:
@@ -797,7 +805,6 @@ def mean_correction_section(runs: list[dict], neighbour: list[dict] | None = Non
     ``neighbour``: runs with one neighbour shown and the correction (``mean_correction_neighbour_*.json``), beside
     ``before``, the same runs without it (``unleaked_neighbour_denoise_*.json``).
     """
-    held_out = ("stem_abf", "sem_nanowires_05", "sem_nanowires_12", "sstem_stack1")  # restoration.HELD_OUT
     cells: dict[tuple[str, int], dict[str, dict]] = {}
     for run in runs:
         for row in run["rows"]:
@@ -805,7 +812,7 @@ def mean_correction_section(runs: list[dict], neighbour: list[dict] | None = Non
     sigmas = runs[0]["lowpass_px"]
     order = ("stem_adf", "sem_aquami", "stem_detector", "sem_nanowires", "sem_nanowires_05", "sem_nanowires_12",
              "sstem_stack1", "stem_abf")
-    keys = sorted(cells, key=lambda k: (k[0] in held_out, order.index(k[0]) if k[0] in order else 99, k[0], k[1]))
+    keys = sorted(cells, key=lambda k: (k[0] in HELD_OUT, order.index(k[0]) if k[0] in order else 99, k[0], k[1]))
     lines = ["### Mean correction",
              "",
              "The blind-spot loss is dominated by the noise, so a slowly varying offset of the output costs almost "
@@ -829,7 +836,7 @@ def mean_correction_section(runs: list[dict], neighbour: list[dict] | None = Non
         for s in sigmas:
             changes[s].append(ours[f"lowpass_{s}"] - ours["psnr"])
         margins.append(ours["lowpass_16"] - bm3d["psnr"])
-        lines.append(f"| {image} | {'yes' if image in held_out else 'no'} | {seed} | {bm3d['psnr']:.2f} | {ours['psnr']:.2f} | "
+        lines.append(f"| {image} | {'yes' if image in HELD_OUT else 'no'} | {seed} | {bm3d['psnr']:.2f} | {ours['psnr']:.2f} | "
                      + " | ".join(f"{ours[f'lowpass_{s}']:.2f}" for s in sigmas)
                      + f" | {ours['lowpass_16'] - ours['psnr']:+.2f} | {margins[-1]:+.2f} | "
                        f"{ours['band_mse_1e6'][-1]:.1f} / {bm3d['band_mse_1e6'][-1]:.1f} |")
@@ -886,10 +893,9 @@ def leak_correction_section(runs: list[dict]) -> list[str]:
     """The leak correction at every share, on every image and noise draw (``leak_correction_seed*.json``)."""
     from napari_emssl.config import LEAK_CORRECTION
 
-    held_out = ("stem_abf", "sem_nanowires_05", "sem_nanowires_12", "sstem_stack1")  # restoration.HELD_OUT
     order = ("stem_adf", "sem_aquami", "stem_detector", "sem_nanowires", "sem_nanowires_05", "sem_nanowires_12",
              "sstem_stack1", "stem_abf")
-    runs = sorted(runs, key=lambda r: (r["rows"][0]["image"] in held_out, order.index(r["rows"][0]["image"])
+    runs = sorted(runs, key=lambda r: (r["rows"][0]["image"] in HELD_OUT, order.index(r["rows"][0]["image"])
                                        if r["rows"][0]["image"] in order else 99, r["seed"]))
     shares = runs[0]["shares"]
     lines = ["### Leak correction",
@@ -923,7 +929,7 @@ def leak_correction_section(runs: list[dict]) -> list[str]:
         default = cell[("ours_tta", LEAK_CORRECTION)]["psnr"]
         margins.append(default - bm3d["psnr"])
         seconds.append((cell[("ours", LEAK_CORRECTION)]["predict_seconds"], cell[("ours", 0.0)]["predict_seconds"]))
-        lines.append(f"| {image} | {'yes' if image in held_out else 'no'} | {run['seed']} | {cell[('ours_tta', 0.0)]['weight']:.3f} "
+        lines.append(f"| {image} | {'yes' if image in HELD_OUT else 'no'} | {run['seed']} | {cell[('ours_tta', 0.0)]['weight']:.3f} "
                      f"| {bm3d['psnr']:.2f} | " + " | ".join(f"{cell[('ours_tta', f)]['psnr']:.2f}" for f in shares)
                      + f" | {default - base:+.2f} | {margins[-1]:+.2f} |")
     lines += ["", f"Over the {len(runs)} runs, change from f = 0, 8-view: " + "; ".join(
@@ -952,9 +958,8 @@ VIEW_METHODS = (("one", "one view"), ("one_shift11", "+ shifted 1 px"), ("one_sh
 def denoise_views_section(runs: list[dict], bilinear: list[dict] | None = None, main: dict | None = None) -> list[str]:
     """Denoising with the predictions of several views averaged (``denoise_views_*.json``); ``bilinear``: runs of a
     decoder with bilinear upsampling from random weights (``views_bilinear_*.json``), next to ``main``'s ours_random."""
-    held_out = ("stem_abf", "sem_nanowires_05", "sem_nanowires_12", "sstem_stack1")  # restoration.HELD_OUT
     order = ("stem_adf", "sem_aquami", "stem_detector", "sem_nanowires")
-    runs = sorted(runs, key=lambda r: (r["rows"][0]["image"] in held_out, order.index(r["rows"][0]["image"])
+    runs = sorted(runs, key=lambda r: (r["rows"][0]["image"] in HELD_OUT, order.index(r["rows"][0]["image"])
                                        if r["rows"][0]["image"] in order else 99, r["crop"] or 0, r["seed"]))
     lines = ["### Which views to average: the period-2 pattern of one view",
              "",
@@ -980,7 +985,7 @@ def denoise_views_section(runs: list[dict], bilinear: list[dict] | None = None, 
             if not run["crop"]:
                 gains[m].append(cell[m]["psnr"] - cell["one"]["psnr"])
         share = {m: sum(cell[m]["period2_1e6"].values()) / cell[m]["mse_1e6"] for m in ("one", "tta", "bm3d")}
-        lines.append(f"| {image} | {'yes' if image in held_out else 'no'} | {size} | {cell['bm3d']['psnr']:.2f} | "
+        lines.append(f"| {image} | {'yes' if image in HELD_OUT else 'no'} | {size} | {cell['bm3d']['psnr']:.2f} | "
                      + " | ".join(f"{cell[m]['psnr']:.2f}" for m, _ in VIEW_METHODS)
                      + f" | {share['one']:.1%} / {share['tta']:.1%} / {share['bm3d']:.1%} |")
     labels = dict(VIEW_METHODS)
@@ -1177,10 +1182,7 @@ def plot_leak(runs: list[dict]) -> str:
     ax.set_xlabel("leak-correction share f")
     ax.set_ylabel("ours (8-view) minus BM3D (dB)")
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    name = "images/leak_correction.png"
-    fig.savefig(DOCS / name, dpi=120)
-    return name
+    return _save_plot(fig, "images/leak_correction.png")
 
 
 def plot_views(runs: list[dict]) -> str:
@@ -1202,10 +1204,7 @@ def plot_views(runs: list[dict]) -> str:
     ax.set_title("solid: + mirror, 8 flips/rotations, 8 x 4 shifts; dashed: 1 px shifts", fontsize=8)
     ax.set_ylabel("PSNR minus one view (dB)")
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    name = "images/denoise_views.png"
-    fig.savefig(DOCS / name, dpi=120)
-    return name
+    return _save_plot(fig, "images/denoise_views.png")
 
 
 REPLACE_TEXT = {"mean": "the mean of their 8 neighbours", "neighbour": "one of their 8 neighbours"}
@@ -1444,10 +1443,7 @@ def plot_throughput(runs: list[dict]) -> str:
         ax.set_ylabel("megapixels / s")
         ax.set_title(run["device"], fontsize=8)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
-    name = "images/prediction_throughput.png"
-    fig.savefig(DOCS / name, dpi=120)
-    return name
+    return _save_plot(fig, "images/prediction_throughput.png")
 
 
 def z_consistency_section(runs: list[dict]) -> list[str]:

@@ -230,6 +230,20 @@ def j_invariant_predict(model, noisy: np.ndarray, args) -> np.ndarray:
     return out
 
 
+def default_denoiser(noisy: np.ndarray, name: str, seed: int, model_dir: Path | None = None,
+                     save_dir: Path | None = None):
+    """``emssl finetune --task denoise`` defaults on ``noisy``, or the model saved for ``name`` / ``seed`` in
+    ``model_dir`` (training is deterministic at a fixed thread count); saved to ``save_dir`` when given."""
+    from napari_emssl.engine.model_dir import load_model
+
+    if model_dir:
+        return load_model(model_dir / f"{name}_{seed}", task="denoise")
+    model = api.finetune(noisy, config=FinetuneConfig(task="denoise", device="cpu", preview_every_s=0, seed=seed)).model
+    if save_dir:
+        model.save(save_dir / f"{name}_{seed}")
+    return model
+
+
 def run_bicubic(low, **_):
     return upscale_bicubic(low, 2)
 
