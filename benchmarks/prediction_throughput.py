@@ -13,18 +13,26 @@ the weights), on a zlib-compressed uint8 TIFF stack of ``--slices`` x ``--side``
 - ``naive_full``: the same network on each whole slice at once (no tiling, no overlap, no
   reading ahead or writing behind), plus the argmax / denormalisation;
 - variants of the tiled path: 512-pixel tiles; on the CPU also TorchScript (trace + freeze) and
-  NCHW (contiguous) convolutions instead of the channels-last ones prediction uses.
+  NCHW (contiguous) convolutions instead of the channels-last ones prediction uses; on CUDA,
+  end to end, the tiles cut and blended on the host (as before they were on the GPU), tiles of
+  512, 1024 and 2048 pixels, and ``torch.compile`` (compilation counted);
+- on CUDA, ``network_only``: the network alone on a batch of tiles already on the GPU (bf16
+  autocast, channels-last, eager and compiled): the ceiling for everything around it.
+
+Denoising of a stack averages each slice with its mirror by default (2 network passes per
+pixel, ``views``); its fraction of peak counts both passes.
 
 The roofline: FLOPs per pixel of the network (``FlopCounterMode`` on a 256 x 256 forward,
 dividing by the pixels) x pixels/s / peak. On the CPU the peak is measured: the float32
 matrix-multiply rate (4096 x 4096, best of 3) on the same threads; on CUDA it is the dense
-bf16 peak of the device (``--peak-tflops``, default 989 for an H100 SXM; an H200 has the same).
+bf16 peak of the device (``--peak-tflops``, default 989 for an H100 SXM; an H200 has the same);
+the bf16 rate of an 8192 x 8192 x 8192 matrix product on the device is measured and recorded too.
 Peak memory: a child process streams a float32 stack whose input and outputs together are
 ``--memory-factor`` times ``--budget-mb`` from file to file with class probabilities and reports its peak resident memory
 (``VmHWM``, reset with ``/proc/self/clear_refs``) over the loaded model (``working_mb``), and the
 resident memory after every slice (its maximum over the first and the second half of the stack:
 a stack's length adds nothing when they agree).
-Results go to ``benchmarks/results/prediction_throughput_<device>.json``.
+Results go to ``benchmarks/results/prediction_throughput_<device>.json`` (``--out``), rewritten after each model.
 """
 
 from __future__ import annotations
@@ -85,6 +93,60 @@ def cpu_peak_flops(threads: int) -> float:
     return best
 
 
+def cuda_matmul_flops(device: torch.device) -> float:
+    """Measured bf16 rate of an 8192^3 matrix product (mean of 10 after 3 warm-ups)."""
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    torch.cuda.synchronize(device)
+    return 10 * 2 * 8192**3 / (time.perf_counter() - start)
+
+
+def network_only(net: torch.nn.Module, device: torch.device, tile: int, batch: int, compile_it: bool = False,
+                 repeats: int = 10) -> dict:
+    """Megapixels/s of the network alone on a GPU-resident batch of tiles (bf16 autocast, channels-last)."""
+    net = net.to(device).to(memory_format=torch.channels_last)
+    fn = torch.compile(net) if compile_it else net
+    x = torch.rand(batch, 1, tile, tile, device=device).contiguous(memory_format=torch.channels_last)
+    start = time.perf_counter()
+    with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16):
+        for _ in range(3):
+            fn(x)
+        torch.cuda.synchronize(device)
+        warm = time.perf_counter() - start
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn(x)
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    net.cpu().to(memory_format=torch.contiguous_format)
+    return {"tile": tile, "batch": batch, "compiled": compile_it, "warm_up_s": round(warm, 2),
+            "megapixels_per_s": repeats * batch * tile * tile / 1e6 / seconds}
+
+
+@contextlib.contextmanager
+def _host_tiling():
+    """Tiles cut and blended on the host, one device round trip per batch (the CUDA path before device tiling)."""
+    from napari_emssl.engine.predictor import TileForward
+
+    original = TileForward.__init__
+
+    def init(self, *args, **kwargs):
+        kwargs["on_device"] = False
+        original(self, *args, **kwargs)
+
+    TileForward.__init__ = init
+    try:
+        yield
+    finally:
+        TileForward.__init__ = original
+
+
 def make_stack(path: Path, slices: int, side: int) -> np.ndarray:
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:side, :side]
@@ -132,6 +194,21 @@ def _contiguous_layout():
         yield
     finally:
         predictor.prefers_channels_last = original
+
+
+def profile_top(fn, lines: int = 22) -> str:
+    """cProfile's busiest functions (own time) of the main thread for one call of ``fn``."""
+    import cProfile
+    import io
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    fn()
+    prof.disable()
+    text = io.StringIO()
+    pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(lines)
+    return text.getvalue()
 
 
 def timed(fn) -> float:
@@ -211,13 +288,18 @@ def main() -> None:
     parser.add_argument("--memory-factor", type=float, default=3.0, help="stack size (in + out) / budget (default 3)")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--only-memory", action="store_true", help="measure memory only, into the existing results file")
+    parser.add_argument("--skip-compile", action="store_true", help="CUDA: leave out the torch.compile rows")
+    parser.add_argument("--profile", action="store_true", help="also record a cProfile of one end-to-end run per model")
+    parser.add_argument("--out", type=Path, help="results file (default benchmarks/results/prediction_throughput_<device>.json)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         peak = args.peak_tflops * 1e12
-        peak_kind = f"dense bf16 peak {args.peak_tflops:g} TFLOP/s (datasheet)"
+        measured = cuda_matmul_flops(device)
+        peak_kind = (f"dense bf16 peak {args.peak_tflops:g} TFLOP/s (datasheet); an 8192^3 bf16 matrix product "
+                     f"measured {measured / 1e12:.0f} TFLOP/s")
     else:
         name = f"{platform.machine()} CPU, {args.threads} thread(s) (os.cpu_count {os.cpu_count()})"
         peak = cpu_peak_flops(args.threads)
@@ -226,7 +308,9 @@ def main() -> None:
            "peak_flops": peak, "peak_kind": peak_kind, "stack": [args.slices, args.side, args.side],
            "command": "python benchmarks/prediction_throughput.py " + " ".join(sys.argv[1:]), "models": {}}
     megapixels = args.slices * args.side * args.side / 1e6
-    path = RESULTS / f"prediction_throughput_{device.type}.json"
+    if device.type == "cuda":
+        run["measured_matmul_flops"] = measured
+    path = args.out or RESULTS / f"prediction_throughput_{device.type}.json"
     if args.only_memory:
         run = json.loads(path.read_text())
         with tempfile.TemporaryDirectory() as tmp_name:
@@ -249,25 +333,54 @@ def main() -> None:
                                                                         overwrite=True)))
             modes["tiled_in_memory"] = timed(lambda: api.predict(model, stack, config))
             modes["naive_full"] = naive_full(model, stack, device, config.amp)
-            modes["tiled_512"] = timed(lambda: api.predict(model, stack, PredictConfig(device=args.device, tile=512)))
             if device.type == "cpu":
+                modes["tiled_512"] = timed(lambda: api.predict(model, stack, PredictConfig(device=args.device, tile=512)))
                 traced = TrainedModel(net=_Traced(model.net, torch.zeros(4, 1, 256, 256)), meta=model.meta)
                 modes["tiled_torchscript"] = timed(lambda: api.predict(traced, stack, config))
                 with _contiguous_layout():
                     modes["tiled_nchw"] = timed(lambda: api.predict(model, stack, config))
+            else:
+                with _host_tiling():
+                    modes["end_to_end_host_tiling"] = timed(lambda: list(iter_predict_files(
+                        model, [tmp / "stack.tif"], out, config, overwrite=True)))
+                for tile in (512, 1024, 2048):
+                    tiled = config.replace(tile=tile)
+                    modes[f"end_to_end_tile{tile}"] = timed(lambda: list(iter_predict_files(
+                        model, [tmp / "stack.tif"], out, tiled, overwrite=True)))
+                if not args.skip_compile and task == "segment":
+                    compiled = config.replace(tile=1024, compile=True)
+                    modes["end_to_end_compile_tile1024"] = timed(lambda: list(iter_predict_files(
+                        model, [tmp / "stack.tif"], out, compiled, overwrite=True)))
+            if args.profile:
+                entry_profile = profile_top(lambda: list(iter_predict_files(model, [tmp / "stack.tif"], out, config,
+                                                                            overwrite=True)))
+                print(entry_profile, flush=True)
+            views = config.view_count(stack.shape) if task != "segment" else 1
             entry = {"arch": DEFAULT_SEGMENT_ARCH, "out_channels": int(model.meta["out_channels"]), "flops_per_pixel": fpp,
-                     "receptive_field": model.net.receptive_field, "modes": {}}
+                     "receptive_field": model.net.receptive_field, "views": views, "modes": {}}
             for mode, seconds in modes.items():
                 mps = megapixels / seconds
+                passes = 1 if mode == "naive_full" else views
                 entry["modes"][mode] = {"seconds": round(seconds, 3), "megapixels_per_s": round(mps, 4),
-                                        "fraction_of_peak": round(fpp * mps * 1e6 / peak, 4)}
-                print(f"{task:8s} {mode:18s} {seconds:8.2f} s  {mps:7.3f} MP/s  {100 * fpp * mps * 1e6 / peak:5.1f} % of peak",
-                      flush=True)
+                                        "fraction_of_peak": round(passes * fpp * mps * 1e6 / peak, 4)}
+                print(f"{task:8s} {mode:28s} {seconds:8.2f} s  {mps:8.3f} MP/s  "
+                      f"{100 * passes * fpp * mps * 1e6 / peak:5.2f} % of peak", flush=True)
+            if device.type == "cuda":
+                rows = [network_only(model.net, device, 256, 64), network_only(model.net, device, 1024, 16)]
+                if not args.skip_compile and task == "segment":
+                    rows.append(network_only(model.net, device, 1024, 16, compile_it=True))
+                for row in rows:
+                    row["fraction_of_peak"] = round(fpp * row["megapixels_per_s"] * 1e6 / peak, 4)
+                    print(f"{task:8s} network_only {row}", flush=True)
+                entry["network_only"] = rows
+            if args.profile:
+                entry["profile_end_to_end"] = entry_profile
             run["models"][task] = entry
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(run, indent=2) + "\n")
         if not args.skip_memory:
             run["memory"] = peak_memory(make_model("segment"), tmp, args)
             print("memory", run["memory"], flush=True)
-    RESULTS.mkdir(exist_ok=True)
     path.write_text(json.dumps(run, indent=2) + "\n")
     print(f"written {path}")
 

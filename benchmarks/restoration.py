@@ -356,8 +356,8 @@ def main() -> None:
                 "seed": args.seed, "mask_fraction": args.mask_fraction, "mask_replace": args.mask_replace,
                 "denoise_loss": args.denoise_loss, "mean_correction": args.mean_correction, "leak_correction": args.leak_correction, "arch": args.arch, "arch_kwargs": args.arch_kwargs, "held_out": [k for k in args.images if k in HELD_OUT],
                 "not_pretrained_on": [k for k in args.images if k in NOT_PRETRAINED_ON],
-                "device": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, "
-                          f"{torch.get_num_threads()} threads",
+                "device": (f"{torch.cuda.get_device_name()} (cuda), host " if args.device.startswith("cuda") else "")
+                + f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
                 **({"noise_bound": bounds} if bounds else {}),
                 "package_version": __version__, "command": "python benchmarks/restoration.py " + shlex.join(sys.argv[1:]),
                 "rows": rows,

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The GPU measurements of docs/benchmarks.md in one run (about 10 minutes on one H100/H200):
-# prediction throughput end to end against the naive forward and the bf16 roofline, then
-# pretraining throughput of every method and network. Results land in benchmarks/results/
+# The GPU measurements of docs/benchmarks.md in one run (about 8 minutes on one H100/H200):
+# prediction throughput end to end against the naive forward and the bf16 roofline, fine-tuning
+# times (segmentation on the sample crop, self-supervised denoising of a STEM image), pretraining
+# throughput of every method and network, and a torchrun (DDP, NCCL) pretraining run. Results land in benchmarks/results/
 # and, when $OUT is set, are copied there; `python benchmarks/report.py` turns them into docs.
 #
 # Needs python3 with torch (CUDA), timm, scikit-image, tifffile, safetensors and scipy; the
@@ -28,20 +29,54 @@ if [[ "${1:-}" == "--prepare" ]]; then
 fi
 
 DEVICE="${DEVICE:-cuda}"
-SLICES="${SLICES:-64}"
+SLICES="${SLICES:-32}"
 SIDE="${SIDE:-2048}"
-STEPS="${STEPS:-80}"
+STEPS="${STEPS:-40}"
 PEAK="${PEAK_TFLOPS:-989}"  # dense bf16 peak of an H100 SXM / H200
+RES="${OUT:-benchmarks/results}"
+mkdir -p "$RES"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export EMSSL_DATA="${EMSSL_DATA:-../shared/data}"
+step() { echo "== $1 ($(date -u +%T))"; }
 
+step "device"
 python3 - <<'PY'
 import torch
 print("torch", torch.__version__, "| cuda", torch.cuda.is_available(),
       "|", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU")
 PY
-python3 benchmarks/prediction_throughput.py --device "$DEVICE" --slices "$SLICES" --side "$SIDE" --peak-tflops "$PEAK"
-python3 benchmarks/pretrain_throughput.py --device "$DEVICE" --steps "$STEPS" --warmup $((STEPS / 4)) --peak-tflops "$PEAK"
-if [[ -n "${OUT:-}" ]]; then
-    cp benchmarks/results/prediction_throughput_"$DEVICE".json benchmarks/results/pretrain_throughput.json "$OUT"/
-fi
+step "prediction throughput"
+timeout "${T_PREDICT:-200}" python3 benchmarks/prediction_throughput.py --device "$DEVICE" --slices "$SLICES" --side "$SIDE" \
+    --peak-tflops "$PEAK" --out "$RES/prediction_throughput_$DEVICE.json" || echo "prediction throughput: exit $?"
+step "fine-tuning times"
+tmp="$(mktemp -d)"
+timeout "${T_FINETUNE:-80}" python3 - "$DEVICE" "$tmp" "$RES/finetune_times_$DEVICE.json" <<'PY' || echo "fine-tuning times: exit $?"
+import json, subprocess, sys, time
+device, tmp, out = sys.argv[1:]
+rows = []
+sample = "src/napari_emssl/sample_data/"
+runs = {"segment_sample_crop": ["finetune", "--task", "segment", "--image", sample + "sstem_crop.tif",
+                                "--labels", sample + "sstem_strokes.tif"]}
+for name, args in runs.items():
+    cmd = [sys.executable, "-m", "napari_emssl.cli", *args, "--device", device, "--out", f"{tmp}/{name}"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    rows.append({"name": name, "command": "emssl " + " ".join(args + ["--device", device]),
+                 "wall_s": round(time.perf_counter() - t0, 2), "rc": proc.returncode,
+                 "tail": (proc.stdout + proc.stderr).strip().splitlines()[-3:]})
+    print(json.dumps(rows[-1]), flush=True)
+    json.dump(rows, open(out, "w"), indent=2)
+PY
+timeout "${T_DENOISE:-90}" python3 benchmarks/restoration.py --task denoise --images stem_adf --methods ours --tta \
+    --device "$DEVICE" --out "$RES/restoration_denoise_$DEVICE.json" || echo "denoise fine-tuning: exit $?"
+step "pretraining throughput"
+rm -f benchmarks/results/pretrain_throughput.json
+timeout "${T_PRETRAIN:-130}" python3 benchmarks/pretrain_throughput.py --device "$DEVICE" --steps "$STEPS" \
+    --warmup $((STEPS / 4)) --peak-tflops "$PEAK" || echo "pretraining throughput: exit $?"
+cp benchmarks/results/pretrain_throughput.json "$RES/pretrain_throughput_$DEVICE.json" 2>/dev/null || true
+step "torchrun (DDP)"
+timeout "${T_DDP:-50}" python3 -m torch.distributed.run --standalone --nproc_per_node 1 -m napari_emssl.cli pretrain \
+    --method mae --arch resunet_b3_rf96 --data "$EMSSL_DATA/stem_atomic" --out "$tmp/ddp" --steps 30 --batch-size 32 \
+    --patch 128 --device "$DEVICE" > "$RES/ddp_$DEVICE.log" 2>&1 || echo "torchrun: exit $?"
+tail -n 5 "$RES/ddp_$DEVICE.log"; ls "$tmp/ddp" 2>/dev/null | head
+step "done"

@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--z-average", type=float, default=0.0, metavar="W",
                     help="segmentation of a volume: average each slice's class probabilities with its two neighbours, "
                          "each weighted W relative to the slice (default 0: off; 0.25 raised Dice on the ssTEM stack)")
-    pr.add_argument("--tile", type=int, default=256, help="tile side in pixels (default 256)")
+    pr.add_argument("--tile", type=int, default=None, help="tile side in pixels (default 512 on CUDA, 256 elsewhere)")
     pr.add_argument("--batch-size", type=int, default=4,
                     help="tiles per batch (default 4; on CUDA chosen from the free GPU memory)")
     pr.add_argument("--compile", action="store_true", help="torch.compile the network (CUDA; pays off on big stacks)")

@@ -272,6 +272,89 @@ def test_out_of_memory_halves_the_batch_and_gives_the_same_result():
         TileForward(_Greedy(fits=0), torch.device("cpu"))(batch)
 
 
+def _tiles_on_device(monkeypatch, on: bool) -> None:
+    """Every TileForward made from now on cuts and blends tiles on its device (as on CUDA), or not."""
+    original = TileForward.__init__
+
+    def init(self, *args, **kwargs):
+        kwargs.setdefault("on_device", on)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(TileForward, "__init__", init)
+
+
+def test_device_tiling_gives_the_host_tilers_result(monkeypatch, tiny_model, tiny_config):
+    """The CUDA path (tiles cut, run and blended on the device) run on the CPU against the host loop."""
+    stack = _stack(5, shape=(2, 90, 70))
+    image, _, _ = make_disks(3, shape=(48, 64))
+    superres = api.finetune(image, config=tiny_config(task="superres", steps=1)).model
+    denoiser = api.finetune(image, config=tiny_config(task="denoise", steps=1)).model
+    config = CPU.replace(tile=48, batch_size=3, probabilities=True, tta=False)
+    results = {}
+    for on in (False, True):
+        _tiles_on_device(monkeypatch, on)
+        seg = api.predict(tiny_model, stack, config)
+        results[on] = (seg.probabilities, seg.labels, api.predict(superres, image, config).image,
+                       api.predict(denoiser, stack, config.replace(tta=None)).image)
+        assert (TileForward(torch.nn.Identity(), torch.device("cpu")).device_fn is not None) == on
+    for host, device in zip(results[False], results[True]):
+        assert host.shape == device.shape and host.dtype == device.dtype
+        np.testing.assert_allclose(device, host, rtol=1e-5, atol=1e-5)
+    assert results[True][2].shape == (96, 128)
+
+
+def test_device_tiling_halves_the_batch_on_out_of_memory_and_stops_on_cancel():
+    from napari_emssl.data.tiling import Cancelled, predict_tiled
+
+    image = np.random.default_rng(1).random((70, 50)).astype(np.float32)
+    net = _Greedy(fits=2)
+    on_device = TileForward(net, torch.device("cpu"), on_device=True)
+    host = TileForward(_Greedy(fits=99), torch.device("cpu"))
+    host.net.load_state_dict(net.state_dict())
+    kwargs = dict(out_channels=2, tile=32, overlap=8, batch_size=6)
+    np.testing.assert_allclose(predict_tiled(on_device, image, **kwargs), predict_tiled(host, image, **kwargs),
+                               rtol=1e-5, atol=1e-6)
+    assert on_device.max_batch == 1 and on_device.backoffs == 2  # 6 -> 3 -> 1
+    cancel = CancelToken()
+    seen = []
+
+    def on_tile(done, total):
+        seen.append(done)
+        cancel.cancel()
+
+    with pytest.raises(Cancelled):
+        predict_tiled(on_device, image, on_tile=on_tile, cancel=cancel, **{**kwargs, "batch_size": 2})
+    assert seen == [2]
+
+
+def test_labels_are_argmax_plus_one_with_ties_to_the_lower_class():
+    from napari_emssl.tasks.segmentation import probabilities_to_labels
+
+    rng = np.random.default_rng(2)
+    for probs in (rng.random((3, 33, 17)).astype(np.float32), rng.integers(0, 3, (5, 20, 20)).astype(np.float32),
+                  rng.random((300, 4, 4))):
+        labels = probabilities_to_labels(probs)
+        np.testing.assert_array_equal(labels, np.argmax(probs, axis=0) + 1)
+        assert labels.dtype == (np.uint8 if len(probs) < 256 else np.uint16)
+    np.testing.assert_array_equal(probabilities_to_labels(np.zeros((1, 2, 2), np.float32)), np.ones((2, 2), np.uint8))
+
+
+def test_results_are_compressed_when_integer_and_written_raw_when_float(tmp_path):
+    from napari_emssl.io import write_image
+
+    for dtype, expected in ((np.uint8, tifffile.COMPRESSION.ADOBE_DEFLATE), (np.float32, tifffile.COMPRESSION.NONE)):
+        plane = np.arange(64 * 64, dtype=dtype).reshape(64, 64)
+        sink = TiffSink(tmp_path / f"s_{np.dtype(dtype).name}.tif", (2, 64, 64), dtype)
+        sink.write(plane)
+        sink.write(plane)
+        sink.close()
+        write_image(tmp_path / f"w_{np.dtype(dtype).name}.tif", plane)
+        for name in ("s", "w"):
+            with tifffile.TiffFile(tmp_path / f"{name}_{np.dtype(dtype).name}.tif") as tif:
+                assert tif.pages[0].compression == expected
+                np.testing.assert_array_equal(tif.asarray()[0] if name == "s" else tif.asarray(), plane)
+
+
 MEMORY_SCRIPT = textwrap.dedent("""
     import json, sys
     import numpy as np, torch

@@ -113,3 +113,18 @@ def test_configs_are_frozen_and_replace_validates():
     assert config.replace(steps=3).steps == 3 and config.steps is None
     with pytest.raises(InputError, match="steps"):
         config.replace(steps=0)
+
+
+def test_prediction_tile_is_bigger_on_cuda_unless_given():
+    from napari_emssl.config import PredictConfig
+
+    assert PredictConfig().tile is None
+    assert PredictConfig().tile_on("cuda") == 512 and PredictConfig().tile_on("cpu") == PredictConfig().tile_on("mps") == 256
+    assert PredictConfig(tile=128).tile_on("cuda") == PredictConfig(tile=128).tile_on("cpu") == 128
+    assert PredictConfig().tile_on("cuda", preferred=224) == 224 and PredictConfig(tile=128).tile_on("cuda", 224) == 128
+    from napari_emssl.models import create_model
+
+    assert create_model("vit_tiny_p16", in_channels=1, out_channels=1).preferred_tile == 256  # its trained token grid
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(InputError, match="tile"):
+            PredictConfig(tile=bad)

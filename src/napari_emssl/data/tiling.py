@@ -89,6 +89,9 @@ def iter_tiled(
 
     ``fn`` takes a float32 batch ``(B, 1, t, t)`` and returns ``(B, out_channels, t, t)``
     (numpy, or a torch tensor), where ``t`` is ``tile`` rounded up to ``size_multiple``.
+    When ``fn`` has a ``device_fn`` (torch tensor in, tensor out, both on ``fn.device``), the
+    image goes to that device once and the tiles are cut and blended there
+    (:mod:`.tiling_on_device`): the same result without a host round trip per batch.
     Images smaller than a tile are reflect-padded. ``on_tile(done, total)`` is called after
     every batch (``predict_tiled``); if ``cancel.cancelled`` becomes true, :class:`Cancelled` is raised before
     the next batch.
@@ -106,15 +109,39 @@ def iter_tiled(
         src = np.pad(src, ((0, py - ny), (0, px - nx)), mode="reflect")
 
     ys, xs = tile_starts(py, t, ov), tile_starts(px, t, ov)
-    corners = [(y, x) for y in ys for x in xs]
-    total = len(corners)
-    wy = {y: _window_1d(t, ov, y > 0, y + t < py).astype(np.float32) for y in ys}
-    wx = {x: _window_1d(t, ov, x > 0, x + t < px).astype(np.float32) for x in xs}
+    layout = TileLayout(tile=t, corners=[(y, x) for y in ys for x in xs], out_channels=int(out_channels),
+                        wy={y: _window_1d(t, ov, y > 0, y + t < py).astype(np.float32) for y in ys},
+                        wx={x: _window_1d(t, ov, x > 0, x + t < px).astype(np.float32) for x in xs})
+    if getattr(fn, "device_fn", None) is not None:
+        from .tiling_on_device import iter_blend_on_device
 
-    out = np.zeros((out_channels, py, px), dtype=np.float32)
-    weight = np.zeros((py, px), dtype=np.float32)
+        out = yield from iter_blend_on_device(fn.device_fn, fn.device, src, layout, batch_size, cancel)
+    else:
+        out = yield from _iter_blend(fn, src, layout, batch_size, cancel)
+    return np.ascontiguousarray(out[:, :ny, :nx])
+
+
+class TileLayout:
+    """Where the tiles of one (padded) image go and how each is weighted."""
+
+    def __init__(self, *, tile: int, corners: list[tuple[int, int]], out_channels: int,
+                 wy: dict[int, np.ndarray], wx: dict[int, np.ndarray]) -> None:
+        self.tile, self.corners, self.out_channels, self.wy, self.wx = tile, corners, out_channels, wy, wx
+
+    def check(self, shape: tuple[int, ...], n: int) -> None:
+        t, k = self.tile, self.out_channels
+        if tuple(shape) != (n, k, t, t):
+            raise ValueError(f"the model returned shape {tuple(shape)} for a batch of shape {(n, 1, t, t)}; "
+                             f"expected {(n, k, t, t)}")
+
+
+def _iter_blend(fn, src: np.ndarray, layout: TileLayout, batch_size: int, cancel):
+    """The blended ``(K, py, px)`` prediction of the padded image ``src``, batches on the host."""
+    t, corners = layout.tile, layout.corners
+    out = np.zeros((layout.out_channels,) + src.shape, dtype=np.float32)
+    weight = np.zeros(src.shape, dtype=np.float32)
     batch = np.empty((batch_size, 1, t, t), dtype=np.float32)
-    done = 0
+    done, total = 0, len(corners)
     for start in range(0, total, batch_size):
         if cancel is not None and cancel.cancelled:
             raise Cancelled("prediction cancelled")
@@ -125,19 +152,15 @@ def iter_tiled(
         if hasattr(pred, "detach"):  # a torch tensor
             pred = pred.detach().float().cpu().numpy()
         pred = np.asarray(pred, dtype=np.float32)
-        if pred.shape != (len(chunk), out_channels, t, t):
-            raise ValueError(
-                f"the model returned shape {pred.shape} for a batch of shape {(len(chunk), 1, t, t)}; "
-                f"expected {(len(chunk), out_channels, t, t)}"
-            )
+        layout.check(pred.shape, len(chunk))
         for i, (y, x) in enumerate(chunk):
-            w = np.outer(wy[y], wx[x])
+            w = np.outer(layout.wy[y], layout.wx[x])
             out[:, y : y + t, x : x + t] += pred[i] * w
             weight[y : y + t, x : x + t] += w
         done += len(chunk)
         yield done, total
     out /= np.maximum(weight, np.float32(1e-6))
-    return np.ascontiguousarray(out[:, :ny, :nx])
+    return out
 
 
 def predict_tiled(

@@ -48,15 +48,17 @@ class TileForward:
     """A network as a numpy function for the tiler, run in sub-batches that fit the device.
 
     On CUDA and the CPU the network and its input are channels_last (faster convolutions); on
-    CUDA the input goes through a pinned host buffer (asynchronous copy) and runs under bf16
-    autocast (``amp``). When the device runs out
-    of memory the sub-batch is halved and the tiles are tried again (``max_batch`` remembers
-    it); a single tile that does not fit raises :class:`~napari_emssl.errors.InputError`
-    asking for smaller tiles.
+    CUDA it runs under bf16 autocast (``amp``) and offers :meth:`device_fn` (``device_fn`` is set),
+    so the tiler cuts and blends the tiles on the GPU (``data/tiling_on_device.py``); called
+    with numpy it stages the batch through a pinned host buffer (asynchronous copy).
+    ``on_device`` forces that choice (tests run the device loop on the CPU). When the device
+    runs out of memory the sub-batch is halved and the tiles are tried again (``max_batch``
+    remembers it); a single tile that does not fit raises
+    :class:`~napari_emssl.errors.InputError` asking for smaller tiles.
     """
 
     def __init__(self, net: torch.nn.Module, device: torch.device, *, amp: bool = True, activation: str = "softmax",
-                 max_batch: int | None = None) -> None:
+                 max_batch: int | None = None, on_device: bool | None = None) -> None:
         self.net, self.device, self.amp, self.activation = net, device, amp, activation
         self.max_batch = max_batch
         self.backoffs = 0
@@ -65,35 +67,47 @@ class TileForward:
         self._pinned: torch.Tensor | None = None
         if self._channels_last:
             net.to(memory_format=torch.channels_last)
+        self.device_fn = self.on_device_call if (self._cuda if on_device is None else on_device) else None
 
     def _to_device(self, batch: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
         if not self._cuda:
-            x = x.to(self.device)
-            return x.contiguous(memory_format=torch.channels_last) if self._channels_last else x
+            return x.to(self.device)
         if self._pinned is None or self._pinned.numel() < x.numel():
             self._pinned = torch.empty(x.numel(), dtype=torch.float32).pin_memory()
         staged = self._pinned[: x.numel()].view(x.shape)
         staged.copy_(x)
-        return staged.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        return staged.to(self.device, non_blocking=True)
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
-        x = self._to_device(batch)
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B,1,t,t) on the device -> (B,K,t,t) float32 on the device, activation applied."""
+        if self._channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), autocast(self.device, self.amp):
             y = self.net(x).float()
             if self.activation == "softmax":
                 y = y.softmax(dim=1)
             elif self.activation == "sigmoid":
                 y = y.sigmoid()
-        return y.cpu().numpy()
+        return y
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        return self._forward(self._to_device(batch)).cpu().numpy()
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self._in_sub_batches(batch, self._run, np.concatenate)
+
+    def on_device_call(self, batch: torch.Tensor) -> torch.Tensor:
+        """The tiler's device path: a tensor batch on the device in, the outputs there out (``device_fn``)."""
+        return self._in_sub_batches(batch, self._forward, torch.cat)
+
+    def _in_sub_batches(self, batch, run, concatenate):
         n = len(batch)
         outs, start = [], 0
         while start < n:
             size = min(self.max_batch or n, n - start)
             try:
-                outs.append(self._run(batch[start : start + size]))
+                outs.append(run(batch[start : start + size]))
             except Exception as exc:
                 if not is_out_of_memory(exc):
                     raise
@@ -107,7 +121,7 @@ class TileForward:
                 self.backoffs += 1
                 continue
             start += size
-        return outs[0] if len(outs) == 1 else np.concatenate(outs)
+        return outs[0] if len(outs) == 1 else concatenate(outs)
 
 
 def auto_batch_size(net: torch.nn.Module, device: torch.device, tile: int, *, amp: bool = True, default: int = 4,

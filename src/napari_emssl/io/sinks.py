@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import InputError
 from .atomic import fsync, make_folder, temporary_file
-from .tiff import COMPRESSIONS, tiff_write_kwargs
+from .tiff import COMPRESSIONS, auto_compression, tiff_write_kwargs
 
 __all__ = ["ArraySink", "TiffSink", "ZarrSink", "open_sink", "SINK_FORMATS", "output_suffix"]
 
@@ -77,16 +77,19 @@ class TiffSink(_Planes):
     """Planes into a TIFF written by a background thread (compression overlaps with compute).
 
     ``axes`` is ``YX``, ``ZYX`` or ``ZCYX`` (class probabilities of a stack; each plane then is
-    ``(C, Y, X)``). At most ``queue_planes`` planes wait in memory.
+    ``(C, Y, X)``). At most ``queue_planes`` planes wait in memory. ``compression`` ``auto``: zlib
+    for integer planes (labels), none for floating point (restored images, probabilities).
     """
 
     def __init__(self, path: str | os.PathLike, shape: tuple[int, ...], dtype, *, scale=None, axes: str | None = None,
-                 compression: str | None = "zlib", queue_planes: int = 2) -> None:
+                 compression: str | None = "auto", queue_planes: int = 2) -> None:
         import tifffile
 
         plane_ndim = 3 if "C" in (axes or "") else 2
         super().__init__(shape, dtype if np.dtype(dtype) != bool else np.uint8, plane_ndim)
         self.path = Path(path)
+        if compression == "auto":
+            compression = auto_compression(self.dtype)
         if compression not in (None, *COMPRESSIONS):
             raise InputError(f"Unknown TIFF compression '{compression}'; expected one of {', '.join(COMPRESSIONS)}.")
         kwargs = tiff_write_kwargs(self.shape, self.dtype, scale, None if compression == "none" else compression, axes)

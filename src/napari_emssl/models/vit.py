@@ -142,6 +142,7 @@ class ViTSeg(nn.Module):
         self.receptive_field = VIT_RECEPTIVE_FIELD
         self.size_multiple = PATCH
         self.embed_dim = embed_dim
+        self.preferred_tile = int(img_size)  # prediction's tile when none is asked for (the trained token grid)
 
     def token_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Token features of the four ``feature_blocks`` as ``(B, C, H/16, W/16)`` (the last one normed)."""

@@ -159,11 +159,17 @@ def upscale_input(image: np.ndarray, factor: int) -> np.ndarray:
 
 
 def residual_fn(fn: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
-    """Wrap a tiler forward function ``(B,1,H,W) -> (B,1,H,W)`` (numpy) as ``x -> x + fn(x)``."""
+    """Wrap a tiler forward function ``(B,1,H,W) -> (B,1,H,W)`` (numpy) as ``x -> x + fn(x)``.
+
+    The wrapper keeps ``fn``'s device path (``device_fn``, ``device``: tensors on the device), if any.
+    """
 
     def wrapped(x: np.ndarray) -> np.ndarray:
         return x + fn(x)
 
+    device_fn = getattr(fn, "device_fn", None)
+    wrapped.device_fn = (lambda x: x + device_fn(x)) if device_fn is not None else None
+    wrapped.device = getattr(fn, "device", None)
     return wrapped
 
 
