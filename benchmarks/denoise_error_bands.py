@@ -49,9 +49,8 @@ def denoised(name: str, seed: int, cache: Path | None) -> dict[str, np.ndarray]:
     path = cache / f"{name}_{seed}.npz" if cache else None
     if path is not None and path.exists():
         return dict(np.load(path))
-    clean = bench.load_clean(name)
-    noisy = bench.add_noise(clean, 20.0, 0.02, seed)
-    out = {"clean": clean, "noisy": noisy, "bm3d": bench.run_bm3d(noisy, 20.0, 0.02)}
+    clean, noisy = bench.noisy_image(name, seed)
+    out = {"clean": clean, "noisy": noisy, "bm3d": bench.run_bm3d(noisy, bench.DOSE, bench.READ)}
     # the network's own output: the mean correction is what lowpass_<s> measures, so it is off here (the leak
     # correction too: benchmarks/leak_correction.py measures it)
     result = api.finetune(noisy, config=FinetuneConfig(task="denoise", device="cpu", preview_every_s=0, seed=seed,
@@ -89,10 +88,7 @@ def describe(images: dict[str, np.ndarray], method: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", nargs="+", default=[k for k in bench.IMAGES if k not in bench.HELD_OUT],
-                        choices=list(bench.IMAGES))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=0)
+    bench.image_arguments(parser)
     parser.add_argument("--cache", type=Path)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()

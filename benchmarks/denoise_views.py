@@ -88,11 +88,8 @@ def _without_model(argv: list[str]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", nargs="+", default=[k for k in bench.IMAGES if k not in bench.HELD_OUT],
-                        choices=list(bench.IMAGES))
-    parser.add_argument("--seed", type=int, default=0)
+    bench.image_arguments(parser)
     parser.add_argument("--crop", type=int, default=0, help="score the top-left N x N pixels only (0: the whole image)")
-    parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--model", type=Path, help="reuse DIR/<image>_<seed> (saved by --save-model) instead of training")
     parser.add_argument("--save-model", type=Path)
     parser.add_argument("--out", type=Path, required=True)
@@ -101,10 +98,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     rows = []
     for name in args.images:
-        clean = bench.load_clean(name)
-        noisy = bench.add_noise(clean, 20.0, 0.02, args.seed)
+        clean, noisy = bench.noisy_image(name, args.seed)
         data_range = float(np.ptp(clean))  # of the whole reference, as in restoration.py
-        bm3d = bench.run_bm3d(noisy, 20.0, 0.02)
+        bm3d = bench.run_bm3d(noisy, bench.DOSE, bench.READ)
         whole = noisy  # training always sees the whole image
         if args.crop:
             clean, noisy, bm3d = (a[: args.crop, : args.crop] for a in (clean, noisy, bm3d))

@@ -56,11 +56,8 @@ def own_weight(model: TrainedModel, noisy: np.ndarray) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", nargs="+", default=[k for k in bench.IMAGES if k not in bench.HELD_OUT],
-                        choices=list(bench.IMAGES))
-    parser.add_argument("--seed", type=int, default=0)
+    bench.image_arguments(parser)
     parser.add_argument("--shares", nargs="+", type=float, default=list(SHARES))
-    parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--model", type=Path, help="reuse DIR/<image>_<seed> (saved by --save-model) instead of training")
     parser.add_argument("--save-model", type=Path)
     parser.add_argument("--out", type=Path, required=True)
@@ -69,8 +66,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     rows = []
     for name in args.images:
-        clean = bench.load_clean(name)
-        noisy = bench.add_noise(clean, 20.0, 0.02, args.seed)
+        clean, noisy = bench.noisy_image(name, args.seed)
         data_range = float(np.ptp(clean))
 
         def score(image: np.ndarray) -> dict:
@@ -78,7 +74,7 @@ def main() -> None:
             return {"psnr": round(s["psnr"], 3), "ssim": round(s["ssim"], 4)}
 
         started = time.perf_counter()
-        rows.append({"image": name, "method": "bm3d", **score(bench.run_bm3d(noisy, 20.0, 0.02)),
+        rows.append({"image": name, "method": "bm3d", **score(bench.run_bm3d(noisy, bench.DOSE, bench.READ)),
                      "seconds": round(time.perf_counter() - started, 1)})
         started = time.perf_counter()
         model = bench.default_denoiser(noisy, name, args.seed, args.model, args.save_model)

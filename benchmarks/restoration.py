@@ -109,6 +109,22 @@ def add_noise(clean: np.ndarray, dose: float, read: float, seed: int) -> np.ndar
 # ---------------------------------------------------------------------------------------------- variance stabilisation
 
 
+DOSE, READ = 20.0, 0.02  # the default low-dose noise: electrons per unit intensity, Gaussian read noise
+
+
+def noisy_image(name: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(clean, noisy)``: a benchmark image and its low-dose copy (``DOSE``, ``READ``, noise ``seed``)."""
+    clean = load_clean(name)
+    return clean, add_noise(clean, DOSE, READ, seed)
+
+
+def image_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--images`` (default: all but the held-out ones), ``--seed`` (noise) and ``--threads`` (0: torch's default)."""
+    parser.add_argument("--images", nargs="+", default=[k for k in IMAGES if k not in HELD_OUT], choices=list(IMAGES))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0)
+
+
 def gat(y: np.ndarray, alpha: float, sigma: float) -> np.ndarray:
     """Generalised Anscombe transform of ``y = alpha * Poisson + N(0, sigma^2)``: noise std about 1 after it."""
     return 2.0 * np.sqrt(np.maximum(y / alpha + 3.0 / 8.0 + (sigma / alpha) ** 2, 0.0))
@@ -277,8 +293,8 @@ def main() -> None:
     parser.add_argument("--images", nargs="+", default=[k for k in IMAGES if k not in HELD_OUT], choices=list(IMAGES),
                         help=f"default: every image but the held-out ones ({', '.join(HELD_OUT)})")
     parser.add_argument("--methods", nargs="+", help="default: all of the task's methods")
-    parser.add_argument("--dose", type=float, default=20.0, help="electrons per unit intensity (default 20)")
-    parser.add_argument("--read", type=float, default=0.02, help="Gaussian read noise, unit intensity (default 0.02)")
+    parser.add_argument("--dose", type=float, default=DOSE, help="electrons per unit intensity (default 20)")
+    parser.add_argument("--read", type=float, default=READ, help="Gaussian read noise, unit intensity (default 0.02)")
     parser.add_argument("--steps", type=int, default=None, help="our fine-tuning steps (default: the task's default)")
     parser.add_argument("--n2v-epochs", type=int, default=10)
     parser.add_argument("--n2v-steps", type=int, default=60, help="batches per N2V epoch")

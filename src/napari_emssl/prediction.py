@@ -94,15 +94,20 @@ def _read_plane(image: Any, index: int | None, stats: NormStats, name: str) -> n
 # ---------------------------------------------------------------------------------------------- per-task planes
 
 
+def plane_tiling(model: TrainedModel, config: PredictConfig, device) -> tuple[int, int, int]:
+    """``(size_multiple, tile, overlap)`` for predicting with ``model`` on ``device`` (:meth:`PredictConfig.tile_on`)."""
+    net = model.net
+    multiple = int(model.meta.get("size_multiple", net.size_multiple))
+    tile, overlap = choose_tiling(int(model.meta.get("receptive_field", net.receptive_field)),
+                                  config.tile_on(device.type, getattr(net, "preferred_tile", None)), multiple, config.overlap)
+    return multiple, tile, overlap
+
+
 class _Planes:
     """What a task does to one normalised plane; ``run`` is a generator of finished-tile counts returning the outputs."""
 
-    def __init__(self, model: TrainedModel, config: PredictConfig, batch_size: int, device) -> None:
-        net = model.net
-        self.multiple = int(model.meta.get("size_multiple", net.size_multiple))
-        self.tile, self.overlap = choose_tiling(int(model.meta.get("receptive_field", net.receptive_field)),
-                                                config.tile_on(device.type, getattr(net, "preferred_tile", None)),
-                                                self.multiple, config.overlap)
+    def __init__(self, model: TrainedModel, config: PredictConfig, device, batch_size: int) -> None:
+        self.multiple, self.tile, self.overlap = plane_tiling(model, config, device)
         self.batch_size = batch_size
         self.config = config
 
@@ -117,7 +122,7 @@ class _Planes:
 
 class SegmentPlanes(_Planes):
     def __init__(self, model: TrainedModel, config: PredictConfig, device, batch_size: int) -> None:
-        super().__init__(model, config, batch_size, device)
+        super().__init__(model, config, device, batch_size)
         self.k = int(model.meta["out_channels"])
         self.fn = forward_fn(model.net, device, amp=config.amp)
         self.labels_dtype = probabilities_to_labels(np.zeros((self.k, 1), np.float32)).dtype
@@ -162,7 +167,7 @@ class SegmentPlanes(_Planes):
 
 class RestorePlanes(_Planes):
     def __init__(self, model: TrainedModel, config: PredictConfig, device, batch_size: int) -> None:
-        super().__init__(model, config, batch_size, device)
+        super().__init__(model, config, device, batch_size)
         from .restoration import DIHEDRAL
 
         self.task = model.task
@@ -271,9 +276,7 @@ def iter_apply(
 
 
 def _apply(model, net, image, shape, config, make_sinks, device, cancel, name) -> Iterator[Event]:
-    multiple = int(model.meta.get("size_multiple", model.net.size_multiple))
-    tile, _ = choose_tiling(int(model.meta.get("receptive_field", model.net.receptive_field)),
-                            config.tile_on(device.type, getattr(model.net, "preferred_tile", None)), multiple, config.overlap)
+    _, tile, _ = plane_tiling(model, config, device)
     batch = auto_batch_size(net, device, tile, amp=config.amp, default=config.batch_size) if config.auto_batch else config.batch_size
     wrapped = TrainedModel(net=net, meta=model.meta) if net is not model.net else model
     if len(shape) == 2 and config.z_average:

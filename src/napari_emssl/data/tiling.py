@@ -12,6 +12,7 @@ Consecutive ramps sum to exactly 1, so for a network whose receptive field radiu
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -121,12 +122,15 @@ def iter_tiled(
     return np.ascontiguousarray(out[:, :ny, :nx])
 
 
+@dataclass(frozen=True)
 class TileLayout:
-    """Where the tiles of one (padded) image go and how each is weighted."""
+    """Where the tiles of one (padded) image go (top-left ``corners``) and how each is weighted (``wy`` x ``wx``)."""
 
-    def __init__(self, *, tile: int, corners: list[tuple[int, int]], out_channels: int,
-                 wy: dict[int, np.ndarray], wx: dict[int, np.ndarray]) -> None:
-        self.tile, self.corners, self.out_channels, self.wy, self.wx = tile, corners, out_channels, wy, wx
+    tile: int
+    corners: list[tuple[int, int]]
+    out_channels: int
+    wy: dict[int, np.ndarray]
+    wx: dict[int, np.ndarray]
 
     def check(self, shape: tuple[int, ...], n: int) -> None:
         t, k = self.tile, self.out_channels

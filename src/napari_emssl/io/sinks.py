@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import InputError
 from .atomic import fsync, make_folder, temporary_file
-from .tiff import COMPRESSIONS, auto_compression, tiff_write_kwargs
+from .tiff import resolve_compression, tiff_write_kwargs
 
 __all__ = ["ArraySink", "TiffSink", "ZarrSink", "open_sink", "SINK_FORMATS", "output_suffix"]
 
@@ -88,11 +88,7 @@ class TiffSink(_Planes):
         plane_ndim = 3 if "C" in (axes or "") else 2
         super().__init__(shape, dtype if np.dtype(dtype) != bool else np.uint8, plane_ndim)
         self.path = Path(path)
-        if compression == "auto":
-            compression = auto_compression(self.dtype)
-        if compression not in (None, *COMPRESSIONS):
-            raise InputError(f"Unknown TIFF compression '{compression}'; expected one of {', '.join(COMPRESSIONS)}.")
-        kwargs = tiff_write_kwargs(self.shape, self.dtype, scale, None if compression == "none" else compression, axes)
+        kwargs = tiff_write_kwargs(self.shape, self.dtype, scale, resolve_compression(compression, self.dtype), axes)
         self._tmp = temporary_file(self.path)
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, queue_planes))
         self._error: BaseException | None = None

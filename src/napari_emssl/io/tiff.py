@@ -175,10 +175,18 @@ def _read_other(path: Path):
 # --------------------------------------------------------------------------- greyscale
 
 
-def auto_compression(dtype) -> str | None:
-    """The default TIFF compression of a result: zlib for integer (label) images, which shrink many times over,
-    none for floating point, which zlib shrinks by about a tenth at 10-15x the time of writing it raw."""
-    return None if np.dtype(dtype).kind == "f" else "zlib"
+def resolve_compression(compression: str | None, dtype) -> str | None:
+    """tifffile's compression for a result: None (uncompressed) or one of ``COMPRESSIONS`` but ``none``.
+
+    ``auto``: zlib for integer (label) images, which shrink many times over, none for floating
+    point, which zlib shrinks by about a tenth at 10-15x the time of writing it raw.
+    """
+    if compression == "auto":
+        return None if np.dtype(dtype).kind == "f" else "zlib"
+    comp = None if compression in (None, "none", "") else str(compression).lower()
+    if comp is not None and comp not in COMPRESSIONS:
+        raise InputError(f"Unknown TIFF compression '{compression}'; expected one of {', '.join(COMPRESSIONS)}.")
+    return comp
 
 
 def write_image(path: str | os.PathLike, array: np.ndarray, *, scale=None, compression: str | None = "auto") -> None:
@@ -187,7 +195,7 @@ def write_image(path: str | os.PathLike, array: np.ndarray, *, scale=None, compr
     ``scale`` is the pixel size per axis in micrometres (``(y, x)`` or ``(z, y, x)``); it is
     stored as TIFF resolution, ImageJ-compatible for uint8/uint16/float32 (ImageJ's ``unit``
     and ``spacing``), and as resolution in centimetres plus tifffile metadata otherwise.
-    ``compression`` ``auto``: zlib for integer images, none for floating point (:func:`auto_compression`).
+    ``compression`` ``auto``: zlib for integer images, none for floating point (:func:`resolve_compression`).
     The file is written to a temporary name in the same folder and renamed over ``path``,
     so a reader never sees a half-written file. Parent folders are created.
     """
@@ -203,11 +211,7 @@ def write_image(path: str | os.PathLike, array: np.ndarray, *, scale=None, compr
         raise InputError(f"Cannot write pixel type {array.dtype} to '{path}'; expected integer or floating-point values.")
     if array.dtype == bool:
         array = array.astype(np.uint8)
-    if compression == "auto":
-        compression = auto_compression(array.dtype)
-    comp = None if compression in (None, "none", "") else str(compression).lower()
-    if comp is not None and comp not in COMPRESSIONS:
-        raise InputError(f"Unknown TIFF compression '{compression}'; expected one of {', '.join(COMPRESSIONS)}.")
+    comp = resolve_compression(compression, array.dtype)
     if scale is not None:
         scale = tuple(float(s) for s in scale)
         if len(scale) != array.ndim or not all(np.isfinite(scale)) or min(scale) <= 0:
