@@ -93,6 +93,25 @@ def test_rgb_rejected(tmp_path):
         read_image(tmp_path / "rgb.tif")
 
 
+@pytest.mark.parametrize("slices", [3, 4])
+def test_small_stack_saved_with_tifffile_defaults_is_a_stack_not_a_colour_image(tmp_path, slices):
+    """tifffile stores a (3, Y, X) or (4, Y, X) array as RGB(A) with separate planes: read back as the stack it was."""
+    import warnings
+
+    stack = _random((slices, 20, 30), np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        tifffile.imwrite(tmp_path / "s.tif", stack)
+    with tifffile.TiffFile(tmp_path / "s.tif") as tif:
+        assert tif.pages[0].photometric == 2 and tif.series[0].axes == "SYX"  # what the writer did
+    image, meta = read_image(tmp_path / "s.tif")
+    np.testing.assert_array_equal(image, stack)
+    assert meta.axes == "ZYX"
+    tifffile.imwrite(tmp_path / "rgb.tif", np.moveaxis(stack[:3], 0, -1), photometric="rgb")  # colour: interleaved
+    with pytest.raises(InputError, match="RGB"):
+        read_image(tmp_path / "rgb.tif")
+
+
 def test_grey_saved_as_rgb_is_accepted(tmp_path):
     grey = _random((20, 30), np.uint8)
     tifffile.imwrite(tmp_path / "g.tif", np.stack([grey] * 3, axis=-1), photometric="rgb")

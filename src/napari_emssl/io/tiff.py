@@ -84,6 +84,19 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageMeta]:
     return array, meta
 
 
+def numpy_stack_as_rgb(tif, page, axes: str) -> bool:
+    """Whether an RGB-tagged TIFF is a stack of 3 or 4 slices that tifffile wrote with its defaults.
+
+    ``tifffile.imwrite(path, stack)`` stores an array of shape ``(3, Y, X)`` or ``(4, Y, X)``
+    as RGB(A) with separate colour planes and records the array's shape in the description
+    ("shaped" files). Colour images are written from ``(Y, X, 3)`` arrays (interleaved
+    samples), and cameras and Fiji write interleaved RGB too, so separate planes in a shaped
+    file with the samples first are read as the slices of a stack.
+    """
+    return (getattr(tif, "is_shaped", False) and axes == "SYX" and int(page.planarconfig) == 2
+            and page.samplesperpixel in (3, 4))
+
+
 def _read_tiff(path: Path):
     import tifffile
 
@@ -109,6 +122,8 @@ def _read_tiff(path: Path):
                 axes = series.axes
             page = series.keyframe
             photometric_rgb = int(page.photometric) == 2  # PHOTOMETRIC.RGB
+            if photometric_rgb and numpy_stack_as_rgb(tif, page, axes):
+                axes, photometric_rgb = "I" + axes[1:], False  # the slices of a stack, not colours
             scale, unit = tiff_scale(tif, page, axes)
     except InputError:
         raise
