@@ -25,6 +25,11 @@ if [[ "${1:-}" == "--prepare" ]]; then
     done
     cp -r "$src/nanowires_sem" "$src/aquami_sem" "$src/stem_atomic" .gpu-data/
     du -sh .gpu-data
+    if [[ -d .bench-site/bm3d ]]; then  # BM3D for scripts/gpu_denoise_seeds.sh (pip install --target .bench-site bm3d)
+        rm -rf .gpu-site && mkdir -p .gpu-site
+        cp -r .bench-site/bm3d .bench-site/bm4d .bench-site/pywt .gpu-site/
+        du -sh .gpu-site
+    fi
     exit 0
 fi
 
