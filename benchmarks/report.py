@@ -1492,6 +1492,50 @@ def _load_result(name: str) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def gpu_denoise_seeds_section(runs: list[dict]) -> list[str]:
+    """``scripts/gpu_denoise_seeds.sh``: ours (8 views) minus BM3D per noise draw, and longer training, on a GPU."""
+    rows = []
+    for run in runs:
+        cell = {r["method"]: r for r in run["rows"]}
+        if not {"bm3d", "ours", "ours_tta"} <= cell.keys():
+            continue
+        rows.append({"image": run["rows"][0]["image"], "seed": run["seed"], "steps": cell["ours"]["steps"],
+                     "held_out": bool(run.get("held_out")), "bm3d": cell["bm3d"]["psnr"], "ours": cell["ours"]["psnr"],
+                     "tta": cell["ours_tta"]["psnr"], "train": cell["ours"]["train_seconds"], "device": run["device"]})
+    if not rows:
+        return []
+    counts = [r["steps"] for r in rows]
+    default = max(set(counts), key=counts.count)  # the default training: the steps most runs used
+    rows.sort(key=lambda r: (r["held_out"], r["image"], r["steps"] != default, r["steps"], r["seed"]))
+    lines = ["### On a GPU: denoising over noise draws and longer training", "",
+             "The denoising benchmark (`benchmarks/restoration.py --task denoise --methods noisy bm3d ours --tta`) run on a GPU: "
+             "each noise draw (`--seed`, also the training seed) of the four main images with the default training, the "
+             "first draw once more with longer training, and one draw of held-out images; BM3D (true noise parameters) on "
+             "the same noisy image in the same run. PSNR in dB; 8 views: what `emssl predict` gives a single image:", "",
+             "| image | held out | seed | steps | BM3D | ours | ours, 8 views | 8 views minus BM3D | training s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['image']} | {'yes' if r['held_out'] else 'no'} | {r['seed']} | {r['steps']} | {r['bm3d']:.2f} | "
+                     f"{r['ours']:.2f} | {r['tta']:.2f} | {r['tta'] - r['bm3d']:+.2f} | {r['train']:.0f} |")
+    lines.append("")
+    for image in dict.fromkeys(r["image"] for r in rows):
+        base = [r["tta"] - r["bm3d"] for r in rows if r["image"] == image and r["steps"] == default]
+        longer = {r["seed"]: r for r in rows if r["image"] == image and r["steps"] != default}
+        text = f"{image}: 8 views minus BM3D with the default training"
+        text += (f" {sum(base) / len(base):+.2f} dB on average over {len(base)} draws (from {min(base):+.2f} to {max(base):+.2f})"
+                 if len(base) > 1 else (f" {base[0]:+.2f} dB" if base else " not run"))
+        same = [(r, next(d for d in rows if d["image"] == image and d["seed"] == s and d["steps"] == default))
+                for s, r in longer.items() if any(d["image"] == image and d["seed"] == s and d["steps"] == default for d in rows)]
+        for r, d in same:
+            text += f"; {r['steps']} steps instead of {default} (seed {r['seed']}): {r['tta'] - d['tta']:+.2f} dB"
+        lines.append(f"- {text}.")
+    devices = sorted({r["device"] for r in rows})
+    lines += ["", f"Device: {'; '.join(devices)}. Eight runs at a time share the GPU, so the training seconds are upper "
+              "bounds. Command: `EMSSL_DATA=.gpu-data scripts/gpu_denoise_seeds.sh` (`scripts/gpu_checks.sh --prepare "
+              "../shared/data` first); results in `benchmarks/results/gpu/denoise_*.json`."]
+    return lines
+
+
 def gpu_section() -> list[str]:
     """Pretraining throughput, fine-tuning times and the torchrun check on the GPU (benchmarks/results/gpu/)."""
     pre = _load_result("gpu/pretrain_throughput_cuda.json")
@@ -1673,6 +1717,9 @@ def main() -> None:
     gpu = gpu_section()
     if gpu:
         lines += [""] + gpu
+    seeds = gpu_denoise_seeds_section([json.loads(p.read_text()) for p in sorted((HERE / "results" / "gpu").glob("denoise_*_seed*.json"))])
+    if seeds:
+        lines += [""] + seeds
     zruns = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob("z_consistency_seed*.json"))]
     if zruns:
         lines += [""] + z_consistency_section(zruns)
