@@ -203,6 +203,7 @@ def run_ours(noisy, args, init=None, **_):
     result = api.finetune(noisy, config=config)
     out = api.predict(result.model, noisy, PredictConfig(device=args.device, tta=False))
     extra = {"init": result.model.meta["lineage"]["init"].get("init"), "steps": result.steps,
+             **({"back_projection": result.model.meta.get("back_projection", 0)} if args.task == "superres" else {}),
              "train_seconds": round(result.seconds, 1), "predict_seconds": round(out.seconds, 1)}
     if args.tta:
         tta = api.predict(result.model, noisy, PredictConfig(device=args.device, tta=True))
@@ -267,13 +268,14 @@ def run_bicubic(low, **_):
 BACK_PROJECTION_STEPS = 20
 
 
-def run_back_projection(low, factor: int = 2, steps: int = BACK_PROJECTION_STEPS, **_):
+def run_back_projection(low, factor: int = 2, steps: int = BACK_PROJECTION_STEPS, init=None, **_):
     """Iterative back-projection (Irani & Peleg 1991): ``x <- x + bicubic(low - area_downscale(x))`` from bicubic.
 
     A classic that knows the degradation (area averaging) as ours does: after it, the result's
-    ``factor x factor`` block means are (nearly) the input's, with the detail bicubic would give.
+    ``factor x factor`` block means are (nearly) the input's, with the detail bicubic would give
+    (``init``: start from that upscaled image instead of bicubic).
     """
-    x = upscale_bicubic(low, factor)
+    x = upscale_bicubic(low, factor) if init is None else np.asarray(init, dtype=np.float32)
     for _ in range(steps):
         x = x + upscale_bicubic(low - downscale_area(x, factor), factor)
     return x

@@ -174,6 +174,7 @@ def finetune(args) -> int:
         device=args.device, preview_every_s=0, factor=args.factor, mask_fraction=args.mask_fraction,
         mask_replace=args.mask_replace, denoise_loss=args.denoise_loss, mean_correction=args.mean_correction,
         leak_correction=args.leak_correction,
+        back_projection=args.back_projection,
     )
     token = CancelToken()
     progress = Progress("fine-tune", args.quiet)

@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "gives each pixel's own value (its own noise), measured with one more network pass; recorded "
                          f"in the model (default {FinetuneConfig.leak_correction:g}; 0: off; 1: each pixel from its "
                          "neighbours alone)")
+    ft.add_argument("--back-projection", type=int, default=FinetuneConfig.back_projection, metavar="N",
+                    help="self-supervised super-resolution: after prediction, N steps of iterative back-projection, so "
+                         "that the result downscaled gives back the input; recorded in the model "
+                         f"(default {FinetuneConfig.back_projection}; 0: off)")
     common(ft)
 
     pr = sub.add_parser("predict", help="apply a model to images, folders or globs; writes OUT/<input stem>.tif",

@@ -32,6 +32,7 @@ from .engine.device import release_device_memory, resolve_device
 from .engine.predictor import auto_batch_size, choose_tiling, forward_fn
 from .errors import InputError, ModelFormatError
 from .tasks.denoise import leak_correction, mean_correction, own_pixel_weight, probed_input
+from .tasks.superres import back_project
 from .tasks.segmentation import probabilities_to_labels, z_neighbour_mean
 
 NORMALIZATION = {"method": "percentile", "low": 1.0, "high": 99.8}
@@ -184,6 +185,8 @@ class RestorePlanes(_Planes):
         paired = bool(((model.meta.get("lineage") or {}).get("finetune") or {}).get("paired"))
         if config.leak_correction is not None and self.task == "denoise" and not paired:  # the user's choice at Apply
             self.leak_correction = float(config.leak_correction)
+        # self-supervised super-resolution: steps of back-projection onto the input (tasks/superres.py; 0 or absent: none)
+        self.back_projection = int(model.meta.get("back_projection", 0)) if self.task == "superres" else 0
         self.views = DIHEDRAL[:1]  # set_shape: the views the config asks for (restoration.views_for)
         self.stats: NormStats | None = None
         self.dtype = None
@@ -236,6 +239,8 @@ class RestorePlanes(_Planes):
             restored = leak_correction(restored, plane, own_pixel_weight(plain, probed, probe), self.leak_correction)
         if self.mean_correction:
             restored = mean_correction(restored, plane, self.mean_correction)
+        if self.back_projection:
+            restored = back_project(restored, plane, self.factor, self.back_projection)
         restored = denormalize(restored, self.stats, self.task)
         if self.config.keep_dtype:
             restored, clipped = to_dtype(restored, self.dtype)

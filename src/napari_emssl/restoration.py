@@ -221,6 +221,7 @@ def iter_finetune_restoration(
 
     correction = model_mean_correction(task, config, paired=target is not None)
     leak = model_leak_correction(task, config, paired=target is not None)
+    back = model_back_projection(task, config, paired=target is not None)
 
     def restore_plane(plane: np.ndarray) -> np.ndarray:
         return restore_normalized(fn, plane, task, factor, tile=tile, overlap=overlap, multiple=multiple, cancel=cancel)
@@ -234,6 +235,8 @@ def iter_finetune_restoration(
             restored = denoise.leak_correction(restored, plane, weight, leak)
         if correction:
             restored = denoise.mean_correction(restored, plane, correction)
+        if back:
+            restored = superres.back_project(restored, plane, factor, back)
         return Preview(step=step, data=denormalize(restored, stats, task), z=z_preview)
 
     yield RunStarted(
@@ -252,7 +255,8 @@ def iter_finetune_restoration(
         metrics["views"] = len(views)
     meta = build_meta(
         net, task=task, out_channels=1, factor=factor, normalization=dict(NORMALIZATION), tile=tile, overlap=overlap,
-        **({"mean_correction": correction, "leak_correction": leak} if task == "denoise" else {}), seed=config.seed, config=config.to_dict(),
+        **({"mean_correction": correction, "leak_correction": leak} if task == "denoise" else {}),
+        **({"back_projection": back} if task == "superres" else {}), seed=config.seed, config=config.to_dict(),
         lineage={"init": init_info, "finetune": {"source": source, "shape": list(image.shape), "paired": target is not None,
                                                  **mode_info, "steps": state.step, "completed": not state.cancelled}},
         metrics=metrics,
@@ -263,6 +267,14 @@ def iter_finetune_restoration(
 def model_mean_correction(task: str, config: FinetuneConfig, *, paired: bool) -> float:
     """The mean-correction sigma (px) a model records: self-supervised denoising only (0: none)."""
     return float(config.mean_correction) if task == "denoise" and not paired else 0.0
+
+
+def model_back_projection(task: str, config: FinetuneConfig, *, paired: bool) -> int:
+    """The back-projection steps a model applies after prediction: self-supervised super-resolution only (0: none).
+
+    Paired models learned the microscope's own degradation, which need not be area averaging.
+    """
+    return int(config.back_projection) if task == "superres" and not paired else 0
 
 
 def model_leak_correction(task: str, config: FinetuneConfig, *, paired: bool) -> float:

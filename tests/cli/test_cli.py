@@ -311,6 +311,15 @@ def test_denoise_and_superres_round_trip(capsys, files, tmp_path, monkeypatch):
     result, meta = read_image(tmp_path / "q" / "cells.tif")
     assert result.dtype == np.float32 and result.shape == (128, 128)
     assert meta.scale == pytest.approx((0.0025, 0.002))  # half the source pixel size: it overlays the source
+    assert json.loads((tmp_path / "sr" / "model.json").read_text())["back_projection"] == 5
+    code, out, err = run(capsys, "finetune", "--task", "superres", "--factor", "2", "--image", files["image"], "--out",
+                         tmp_path / "sr0", "--steps", "1", "--back-projection", "0", *TINY)
+    assert code == 0, err
+    assert json.loads((tmp_path / "sr0" / "model.json").read_text())["back_projection"] == 0
+    code, _, err = run(capsys, "finetune", "--task", "superres", "--image", files["image"], "--out", tmp_path / "sr_bad",
+                       "--back-projection", "-2", *TINY)
+    assert code == 1 and not (tmp_path / "sr_bad").exists()
+    assert_one_line_error(err, "back_projection must be a whole number")
 
 
 def test_restoration_target_errors_are_one_line(capsys, files, tmp_path):

@@ -26,6 +26,7 @@ from napari_emssl.export.bioimageio import check_name, validate_package
 from napari_emssl.export.graph import example_input, graph_spec, reference_output
 from napari_emssl.export.onnx import onnx_bytes, run_onnx
 from napari_emssl.export.torchscript import run_torchscript
+from napari_emssl.tasks import superres
 from napari_emssl.models import create_model
 
 TOLERANCE = 1e-4  # measured: <= 3e-7 for these models
@@ -89,7 +90,8 @@ def test_torchscript_matches_pytorch(models, task, tmp_path):
 
 @pytest.mark.parametrize("task", ["segment", "superres"])
 def test_exported_graph_is_what_predict_computes(models, task):
-    """On one tile, the graph on the normalised image equals api.predict (probabilities / normalised restoration)."""
+    """On one tile, the graph on the normalised image equals api.predict (probabilities / normalised restoration); a
+    super-resolution model's back-projection is added after the graph as the package's docs say."""
     model = models[task]
     image, _, _ = make_disks(4, shape=(64, 64))
     factor = graph_spec(model).factor
@@ -100,6 +102,8 @@ def test_exported_graph_is_what_predict_computes(models, task):
         ours = result.probabilities
     else:
         ours = (result.image - stats.p_low) / (stats.p_high - stats.p_low)
+        assert model.meta["back_projection"] == 5
+        graph = superres.back_project(graph[0, 0], norm, factor, model.meta["back_projection"])[None]
     assert np.abs(graph[0] - ours).max() < 1e-4
 
 

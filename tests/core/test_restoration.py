@@ -325,12 +325,44 @@ def test_superres_starts_exactly_at_bicubic_and_output_is_factor_times_larger(ti
     """Every output convolution starts at zero (HRNet has two whose outputs are summed)."""
     _, image = _clean_and_noisy(seed=4, sigma=5.0)
     changes = {"arch": arch[0], "arch_kwargs": arch[1]} if arch else {}
-    result = api.finetune(image, config=tiny_config(task="superres", steps=1, lr=1e-12, **changes))
+    result = api.finetune(image, config=tiny_config(task="superres", steps=1, lr=1e-12, back_projection=0, **changes))
     pred = api.predict(result.model, image, PredictConfig(device="cpu"))
     assert pred.image.shape == (128, 128) and pred.scale_factor == 2
     norm, stats = percentile_normalize(image, 1.0, 99.8)
     expected = denormalize(upscale_bicubic(norm, 2), stats, "superres")
     np.testing.assert_allclose(pred.image, expected, atol=1e-2 * float(np.ptp(image)))
+
+
+def test_superres_back_projection_makes_the_result_downscale_to_the_input(tiny_config):
+    """Self-supervised super-resolution records 5 back-projection steps and applies them after the views: the
+    result's 2 x 2 block means are the input's; the network's own result is not; paired models record none."""
+    from napari_emssl.data.degrade import downscale_area
+
+    _, image = _clean_and_noisy(seed=9, shape=(48, 64), sigma=5.0)
+    model = api.finetune(image, config=tiny_config(task="superres", steps=3)).model
+    assert model.meta["back_projection"] == FinetuneConfig.back_projection == 5
+    norm, stats = percentile_normalize(image, 1.0, 99.8)
+    bare = TrainedModel(net=model.net, meta={**model.meta, "back_projection": 0})
+    for tta in (False, True):
+        raw = api.predict(bare, image, PredictConfig(device="cpu", tta=tta, amp=False)).image
+        out = api.predict(model, image, PredictConfig(device="cpu", tta=tta, amp=False)).image
+        raw_gap = np.abs(downscale_area(raw, 2) - image).max()
+        assert np.abs(downscale_area(out, 2) - image).max() < 0.05 * raw_gap  # block means now the input's
+        expect = superres.back_project((raw - stats.p_low) / (stats.p_high - stats.p_low), norm, 2, 5)
+        np.testing.assert_allclose(out, denormalize(expect, stats, "superres"), atol=1e-3 * float(np.ptp(image)))
+    consistent = upscale_bicubic(norm, 2)
+    for _ in range(30):
+        consistent = superres.back_project(consistent, norm, 2, 1)
+    np.testing.assert_allclose(superres.back_project(consistent, norm, 2, 3), consistent, atol=1e-4)  # nothing left to do
+    with pytest.raises(ValueError, match="upscaling"):
+        superres.back_project(np.zeros((10, 10), np.float32), norm, 2, 1)
+    paired = api.finetune(image, config=tiny_config(task="superres", steps=1), target=upscale_bicubic(image, 2)).model
+    assert paired.meta["back_projection"] == 0  # a real pair need not be area averaging
+    off = api.finetune(image, config=tiny_config(task="superres", steps=1, back_projection=0)).model
+    assert off.meta["back_projection"] == 0
+    for bad in (-1, 101, 2.5, True):
+        with pytest.raises(InputError, match="back_projection"):
+            FinetuneConfig(task="superres", back_projection=bad)
 
 
 def test_superres_self_supervised_beats_bicubic_on_its_own_training_pairs(tiny_config):

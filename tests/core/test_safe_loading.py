@@ -195,6 +195,7 @@ GOOD = {
     "full": _good_meta(),
     "minimal": {k: _good_meta()[k] for k in ("format_version", "arch", "arch_kwargs", "in_channels", "out_channels", "task")},
     "superres": _with(task="superres", out_channels=1, factor=4, classes=_DROP),
+    "superres back-projected": _with(task="superres", out_channels=1, factor=2, classes=_DROP, back_projection=5),
     "denoise": _with(task="denoise", out_channels=1, classes=_DROP, mean_correction=16.0, leak_correction=0.5),
     "denoise factor 1": _with(task="denoise", out_channels=1, factor=1, classes=_DROP),
     "seed null": _with(seed=None),
@@ -233,6 +234,8 @@ BAD = {
     "mean_correction a string": (_with(task="denoise", out_channels=1, classes=_DROP, mean_correction="16"), "mean_correction"),
     "leak_correction above 1": (_with(task="denoise", out_channels=1, classes=_DROP, leak_correction=1.5), "leak_correction"),
     "leak_correction a string": (_with(task="denoise", out_channels=1, classes=_DROP, leak_correction="0.5"), "leak_correction"),
+    "back_projection negative": (_with(task="superres", out_channels=1, factor=2, classes=_DROP, back_projection=-1), "back_projection"),
+    "back_projection a float": (_with(task="superres", out_channels=1, factor=2, classes=_DROP, back_projection=2.5), "back_projection"),
 }
 # rules that JSON Schema cannot say: refused by the validator only
 VALIDATOR_ONLY = {

@@ -29,6 +29,8 @@ DENOISE_LOSSES = ("re-visible", "blind-spot")
 #: self-supervised denoising: sigma (px) of the low-pass of the residual added back after prediction (see ``tasks/denoise.py``)
 MEAN_CORRECTION = 16.0
 LEAK_CORRECTION = 0.5
+#: self-supervised super-resolution: steps of iterative back-projection after prediction (see ``tasks/superres.py``)
+BACK_PROJECTION = 5
 #: test-time augmentation is on by default for inputs of at most this many pixels (one 4096 x 4096 image)
 TTA_AUTO_MAX_PIXELS = 4096 * 4096
 #: views a restoration averages when ``tta`` is None and the input is a stack or bigger than TTA_AUTO_MAX_PIXELS:
@@ -105,6 +107,9 @@ class FinetuneConfig:
     # self-supervised denoising: the share (0..1) of the weight the network gives each pixel's own value (its own noise)
     # taken out after prediction, measured with one more network pass; recorded in the model. 0: off
     leak_correction: float = LEAK_CORRECTION
+    # self-supervised super-resolution: steps of iterative back-projection after prediction, which make the result's
+    # factor x factor block means the input's (the degradation the training pairs assume); recorded in the model. 0: off
+    back_projection: int = BACK_PROJECTION
     schema_version: int = SCHEMA_VERSION
 
     DEFAULT_STEPS = 600
@@ -140,6 +145,8 @@ class FinetuneConfig:
         if not 0.0 <= self.mean_correction <= 1024.0:
             raise InputError(f"mean_correction must be a low-pass sigma in pixels between 0 (off) and 1024, got {self.mean_correction}")
         _leak_share(self.leak_correction, "1 (all of the pixel's own weight)")
+        if isinstance(self.back_projection, bool) or not isinstance(self.back_projection, int) or not 0 <= self.back_projection <= 100:
+            raise InputError(f"back_projection must be a whole number of steps from 0 (off) to 100, got {self.back_projection!r}")
         if self.patch_size < 16:
             raise InputError(f"patch_size must be at least 16 pixels, got {self.patch_size}")
         for name in ("lr", "weight_decay", "dice_weight", "preview_every_s"):

@@ -143,8 +143,10 @@ def _our_prediction(model: TrainedModel, raw: np.ndarray, spec: GraphSpec) -> np
     config = PredictConfig(device="cpu", tile=grid, overlap=0, batch_size=1, amp=False, probabilities=True,
                            tta=False)  # the exported graph is one view
     training = model.net.training
-    # the exported graph is the network alone: no leak or mean correction (post-processing, see the package's docs)
-    bare = TrainedModel(net=model.net, meta={**model.meta, "mean_correction": 0.0, "leak_correction": 0.0}, log=model.log)
+    # the exported graph is the network alone: no leak or mean correction, no back-projection (post-processing, see the
+    # package's docs)
+    bare = TrainedModel(net=model.net, meta={**model.meta, "mean_correction": 0.0, "leak_correction": 0.0, "back_projection": 0},
+                        log=model.log)
     try:
         result = api.predict(bare, raw, config)
     finally:

@@ -74,6 +74,12 @@ def readme(model: TrainedModel, name: str, spec: GraphSpec, weights: dict[str, f
         lines += [f"Input: one greyscale image (batch, channel, y, x). Output: the image at {spec.factor} times the "
                   "resolution (y and x), in the normalised units of the input. The graph upsamples the input "
                   "bicubically and adds the network's residual."]
+        if meta.get("back_projection"):
+            lines += ["", f"Back-projection: napari-emssl then repeats {int(meta['back_projection'])} times `output <- output + "
+                      f"bicubic_x{spec.factor}(input - area_mean_{spec.factor}x{spec.factor}(output))` (the same bicubic "
+                      "upsampling as the graph's), so that the output's block means are the input's. It is not part of "
+                      "the exported graph (it needs the whole image, not a tile): add it after the graph to get "
+                      "napari-emssl's result."]
     else:
         unit = ("the normalised units of the input" if task == "denoise"
                 else "units of (p_high - p_low) of the input, without offset (0 = no signal)")

@@ -1,0 +1,144 @@
+"""Super-resolution x2 of atomic lattices: synthetic lattice pairs instead of (or beside) the image's own.
+
+    EMSSL_DATA=../shared/data PYTHONPATH=src python benchmarks/superres_synthetic_pairs.py \\
+        --image stem_adf --share 1 --out benchmarks/results/superres_synthetic_pairs_stem_adf_1.json
+
+The self-supervised pairs of ``emssl finetune --task superres`` downscale the user's image
+once more: an atomic lattice does not look alike one scale up (its columns keep their size in
+pixels of the specimen, not of the image), which is why ours loses against bicubic on
+stem_adf. Here a share ``--share`` of each batch is synthetic instead: clean atom-column
+scenes (``napari_emssl.data.synthetic``: lattices, grain boundaries, amorphous regions,
+backgrounds) with lattice constants matched to the image, area-downscaled by 2 as the input
+and the scene itself as the target, each pair normalised like a user image. The lattice
+period is found in the small image (``bgremove.estimate_spacing``, the same function that
+adapts the bundled background-removal pairs) and the synthetic high-resolution scenes get
+constants of 0.8 to 1.4 times twice that period: the scale the network is applied at.
+``--share 0`` is the package's own training. Everything else is the package's (``api.finetune``,
+bundled weights, 600 steps, seed 0): this script only wraps the function that makes the pairs.
+
+Each network is applied to the small image (one view, and the 8-view average) without the
+back-projection the package adds after prediction (``ours``, ``ours_tta``) and as ``emssl
+predict`` gives it, with the model's back-projection steps (``_bp``: ``x <- x + bicubic(low -
+area_downscale(x))``, which makes the result's 2 x 2 block means the input's, as the
+back_projection baseline does from bicubic). Scored as the main
+super-resolution table (same reference, area downscaling by 2, PSNR over the data range of
+the reference).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from restoration import HELD_OUT, IMAGES, load_clean, run_back_projection  # noqa: E402
+
+from napari_emssl.engine.model_dir import TrainedModel  # noqa: E402
+
+from napari_emssl import api  # noqa: E402
+from napari_emssl.config import FinetuneConfig, PredictConfig  # noqa: E402
+from napari_emssl.data.degrade import downscale_area, upscale_bicubic  # noqa: E402
+from napari_emssl.data.normalize import percentile_normalize  # noqa: E402
+from napari_emssl.data.synthetic import SynthSettings, make_sample  # noqa: E402
+from napari_emssl.tasks import bgremove, superres  # noqa: E402
+from napari_emssl.tasks.metrics import restoration_metrics  # noqa: E402
+from napari_emssl.tasks.restoration import to_tensor  # noqa: E402
+
+FACTOR = 2
+
+
+def synthetic_pairs(rng: np.random.Generator, settings: SynthSettings, count: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` clean scenes of ``size`` px: ``(low, high)`` as ``(B, 1, size / 2, size / 2)`` and ``(B, 1, size, size)``."""
+    lows, highs = [], []
+    for _ in range(count):
+        clean = make_sample(rng, size, settings=settings).clean
+        low, stats = percentile_normalize(downscale_area(clean, FACTOR))
+        lows.append(low)
+        highs.append((clean - np.float32(stats.p_low)) / np.float32(stats.p_high - stats.p_low))
+    return np.stack(lows)[:, None].astype(np.float32), np.stack(highs)[:, None].astype(np.float32)
+
+
+def mixed_loss_factory(share: float, settings: SynthSettings, seed: int):
+    """A stand-in for ``superres.make_superres_loss_fn`` whose batches are ``share`` synthetic, the rest the image's own."""
+    rng = np.random.default_rng(seed)
+
+    def make(sample, batch_size, device, factor=FACTOR, *, paired=False):
+        synthetic = int(round(share * batch_size))
+
+        def loss_fn(net):
+            lows, highs, size = [], [], None
+            if batch_size - synthetic:
+                x, _ = sample(batch_size - synthetic)
+                low, high = superres.superres_pair(to_tensor(x, device), factor)
+                lows.append(low), highs.append(high)
+                size = x.shape[-1]
+            if synthetic:
+                low, high = synthetic_pairs(rng, settings, synthetic, size or 128)
+                lows.append(to_tensor(low, device)), highs.append(to_tensor(high, device))
+            return superres.superres_loss(net, torch.cat(lows), torch.cat(highs), factor)
+
+        return loss_fn
+
+    return make
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--image", choices=list(IMAGES), required=True)
+    parser.add_argument("--share", type=float, default=1.0, help="share of each batch made of synthetic pairs (0: the package's)")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    clean = load_clean(args.image)
+    clean = clean[: clean.shape[0] // FACTOR * FACTOR, : clean.shape[1] // FACTOR * FACTOR]
+    low = downscale_area(clean, FACTOR)
+    period = bgremove.estimate_spacing(percentile_normalize(low)[0])
+    settings = SynthSettings()
+    if period is not None:
+        settings = dataclasses.replace(settings, spacing=(FACTOR * 0.8 * period, FACTOR * 1.4 * period))
+    if args.share and period is None:
+        raise SystemExit(f"no lattice period found in {args.image}")
+    started = time.perf_counter()
+    package_loss = superres.make_superres_loss_fn
+    superres.make_superres_loss_fn = mixed_loss_factory(args.share, settings, args.seed)
+    try:
+        config = FinetuneConfig(task="superres", device="cpu", preview_every_s=0, seed=args.seed, steps=args.steps)
+        result = api.finetune(low, config=config)
+    finally:
+        superres.make_superres_loss_fn = package_loss
+    train_seconds = time.perf_counter() - started
+    data_range = float(np.ptp(clean))
+
+    def psnr(image: np.ndarray) -> float:
+        return round(restoration_metrics(clean, np.asarray(image, np.float32), data_range)["psnr"], 3)
+
+    scores = {"bicubic": psnr(upscale_bicubic(low, FACTOR)), "back_projection": psnr(run_back_projection(low, FACTOR))}
+    bare = TrainedModel(net=result.model.net, meta={**result.model.meta, "back_projection": 0})
+    for name, tta in (("ours", False), ("ours_tta", True)):  # the network alone; then as emssl predict gives it
+        scores[name] = psnr(api.predict(bare, low, PredictConfig(device="cpu", tta=tta)).image)
+        scores[name + "_bp"] = psnr(api.predict(result.model, low, PredictConfig(device="cpu", tta=tta)).image)
+    row = {"image": args.image, "held_out": args.image in HELD_OUT, "share": args.share, "period_px": period,
+           "spacing_px": list(settings.spacing) if period is not None else None, "steps": result.steps,
+           "train_seconds": round(train_seconds, 1), "psnr": scores,
+           "device": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
+           "command": "python benchmarks/superres_synthetic_pairs.py " + shlex.join(sys.argv[1:])}
+    print(json.dumps(row), flush=True)
+    args.out.write_text(json.dumps(row, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
