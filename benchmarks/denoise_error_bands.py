@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import sys
 import time
@@ -105,7 +103,7 @@ def main() -> None:
     args.out.write_text(json.dumps({
         "task": "error_bands", "seed": args.seed, "bands_px": list(BANDS), "lowpass_px": list(LOWPASS),
         "steps": FinetuneConfig(task="denoise").default_steps,
-        "device": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "device": bench.device_text(),
         "command": "python benchmarks/denoise_error_bands.py " + shlex.join(sys.argv[1:]), "rows": rows,
     }, indent=1) + "\n")
 

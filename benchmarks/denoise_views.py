@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import sys
 import time
@@ -137,7 +135,7 @@ def main() -> None:
         "task": "denoise_views", "seed": args.seed, "crop": args.crop or None,
         "held_out": [k for k in args.images if k in bench.HELD_OUT],
         "steps": FinetuneConfig(task="denoise").default_steps,
-        "device": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "device": bench.device_text(),
         # with --model the network was saved by an earlier run of the same training: the command without it trains it again
         "reused_model": bool(args.model), "command": "python benchmarks/denoise_views.py " + shlex.join(_without_model(sys.argv[1:])),
         "rows": rows,

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import sys
 import time
@@ -43,15 +41,24 @@ from napari_emssl.tasks.metrics import restoration_metrics  # noqa: E402
 SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-def own_weight(model: TrainedModel, noisy: np.ndarray) -> float:
-    """Mean own-pixel weight, measured as prediction does it (normalised units, one view)."""
-    norm, _ = percentile_normalize(noisy, 1.0, 99.8)
-    bare = TrainedModel(net=model.net, meta={**model.meta, "leak_correction": 0.0, "mean_correction": 0.0})
+def bare_denoiser(model: TrainedModel) -> TrainedModel:
+    """``model`` without its leak and mean corrections: the network's own output."""
+    return TrainedModel(net=model.net, meta={**model.meta, "leak_correction": 0.0, "mean_correction": 0.0})
+
+
+def own_weight_map(model: TrainedModel, norm: np.ndarray) -> np.ndarray:
+    """The own-pixel weight per pixel, measured as prediction does it (``norm``: the normalised image; one view)."""
+    bare = bare_denoiser(model)
     probing, probe = denoise.probed_input(norm)
     config = PredictConfig(device="cpu", tta=False)
     plain = api.predict(bare, norm, config).image
     probed = api.predict(bare, probing, config).image
-    return float(denoise.own_pixel_weight(plain, probed, probe).mean())
+    return denoise.own_pixel_weight(plain, probed, probe)
+
+
+def own_weight(model: TrainedModel, noisy: np.ndarray) -> float:
+    """Mean own-pixel weight, measured as prediction does it (normalised units, one view)."""
+    return float(own_weight_map(model, percentile_normalize(noisy, 1.0, 99.8)[0]).mean())
 
 
 def main() -> None:
@@ -96,7 +103,7 @@ def main() -> None:
         args.out.write_text(json.dumps({
             "task": "leak_correction", "seed": args.seed, "shares": args.shares, "held_out": [k for k in args.images if k in bench.HELD_OUT],
             "steps": FinetuneConfig(task="denoise").default_steps,
-            "device": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
+            "device": bench.device_text(),
             "command": "python benchmarks/leak_correction.py " + shlex.join(a for a in sys.argv[1:]), "rows": rows,
         }, indent=1) + "\n")
 

@@ -32,11 +32,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import restoration as bench  # noqa: E402
+from leak_correction import bare_denoiser, own_weight_map  # noqa: E402
 
 from napari_emssl import api  # noqa: E402
 from napari_emssl.config import PredictConfig  # noqa: E402
 from napari_emssl.data.normalize import percentile_normalize  # noqa: E402
-from napari_emssl.engine.model_dir import TrainedModel, load_model  # noqa: E402
+from napari_emssl.engine.model_dir import load_model  # noqa: E402
 from napari_emssl.tasks import denoise  # noqa: E402
 
 GRID = tuple(np.round(np.arange(0.0, 1.001, 0.125), 3))
@@ -82,12 +83,8 @@ def main() -> None:
         model = load_model(args.model / f"{name}_{args.seed}")
         norm, stats = percentile_normalize(noisy, 1.0, 99.8)
         scale = stats.p_high - stats.p_low
-        bare = TrainedModel(net=model.net, meta={**model.meta, "leak_correction": 0.0, "mean_correction": 0.0})
-        one, eight = PredictConfig(device="cpu", tta=False), PredictConfig(device="cpu", tta=True)
-        plain = api.predict(bare, norm, one).image
-        probing, probe = denoise.probed_input(norm)
-        weight = denoise.own_pixel_weight(plain, api.predict(bare, probing, one).image, probe)
-        restored = api.predict(bare, norm, eight).image
+        weight = own_weight_map(model, norm)
+        restored = api.predict(bare_denoiser(model), norm, PredictConfig(device="cpu", tta=True)).image
         sigma = float(model.meta.get("mean_correction", 16.0))
 
         def psnr(share: float) -> float:

@@ -1632,14 +1632,15 @@ def gpu_denoise_seeds_section(runs: list[dict]) -> list[str]:
     lines.append("")
     for image in dict.fromkeys(r["image"] for r in rows):
         base = [r["tta"] - r["bm3d"] for r in rows if r["image"] == image and r["steps"] == default]
-        longer = {r["seed"]: r for r in rows if r["image"] == image and r["steps"] != default}
+        at_default = {r["seed"]: r for r in rows if r["image"] == image and r["steps"] == default}
+        longer = [r for r in rows if r["image"] == image and r["steps"] != default]
         text = f"{image}: 8 views minus BM3D with the default training"
         text += (f" {sum(base) / len(base):+.2f} dB on average over {len(base)} draws (from {min(base):+.2f} to {max(base):+.2f})"
                  if len(base) > 1 else (f" {base[0]:+.2f} dB" if base else " not run"))
-        same = [(r, next(d for d in rows if d["image"] == image and d["seed"] == s and d["steps"] == default))
-                for s, r in longer.items() if any(d["image"] == image and d["seed"] == s and d["steps"] == default for d in rows)]
-        for r, d in same:
-            text += f"; {r['steps']} steps instead of {default} (seed {r['seed']}): {r['tta'] - d['tta']:+.2f} dB"
+        for r in longer:
+            if r["seed"] in at_default:
+                text += (f"; {r['steps']} steps instead of {default} (seed {r['seed']}): "
+                         f"{r['tta'] - at_default[r['seed']]['tta']:+.2f} dB")
         lines.append(f"- {text}.")
     devices = sorted({r["device"] for r in rows})
     lines += ["", f"Device: {'; '.join(devices)}. Eight runs at a time share the GPU, so the training seconds are upper "

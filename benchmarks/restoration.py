@@ -65,6 +65,7 @@ ROOT = Path(os.environ.get("EMSSL_DATA", HERE.parents[1] / "shared" / "data"))
 from napari_emssl import __version__, api  # noqa: E402
 from napari_emssl.config import DENOISE_LOSSES, MASK_REPLACEMENTS, FinetuneConfig, PredictConfig  # noqa: E402
 from napari_emssl.data.degrade import downscale_area, upscale_bicubic  # noqa: E402
+from napari_emssl.tasks import superres  # noqa: E402
 from napari_emssl.tasks.metrics import restoration_metrics  # noqa: E402
 
 IMAGES = {
@@ -268,17 +269,19 @@ def run_bicubic(low, **_):
 BACK_PROJECTION_STEPS = 20
 
 
-def run_back_projection(low, factor: int = 2, steps: int = BACK_PROJECTION_STEPS, init=None, **_):
+def run_back_projection(low, factor: int = 2, steps: int = BACK_PROJECTION_STEPS, **_):
     """Iterative back-projection (Irani & Peleg 1991): ``x <- x + bicubic(low - area_downscale(x))`` from bicubic.
 
     A classic that knows the degradation (area averaging) as ours does: after it, the result's
-    ``factor x factor`` block means are (nearly) the input's, with the detail bicubic would give
-    (``init``: start from that upscaled image instead of bicubic).
+    ``factor x factor`` block means are (nearly) the input's, with the detail bicubic would give.
+    The package's own step (``superres.back_project``), started from bicubic upsampling.
     """
-    x = upscale_bicubic(low, factor) if init is None else np.asarray(init, dtype=np.float32)
-    for _ in range(steps):
-        x = x + upscale_bicubic(low - downscale_area(x, factor), factor)
-    return x
+    return superres.back_project(upscale_bicubic(low, factor), low, factor, steps)
+
+
+def device_text() -> str:
+    """This machine's CPU and torch, as the result files record it."""
+    return f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 DEFAULT_DENOISERS = ("noisy", "nlm", "bm3d", "n2v", "ours", "ours_random")
@@ -375,7 +378,7 @@ def main() -> None:
                 "denoise_loss": args.denoise_loss, "mean_correction": args.mean_correction, "leak_correction": args.leak_correction, "arch": args.arch, "arch_kwargs": args.arch_kwargs, "held_out": [k for k in args.images if k in HELD_OUT],
                 "not_pretrained_on": [k for k in args.images if k in NOT_PRETRAINED_ON],
                 "device": (f"{torch.cuda.get_device_name()} (cuda), host " if args.device.startswith("cuda") else "")
-                + f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
+                + device_text(),
                 **({"noise_bound": bounds} if bounds else {}),
                 "package_version": __version__, "command": "python benchmarks/restoration.py " + shlex.join(sys.argv[1:]),
                 "rows": rows,

@@ -30,8 +30,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import platform
 import shlex
 import sys
 import time
@@ -42,7 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from restoration import HELD_OUT, IMAGES, load_clean, run_back_projection  # noqa: E402
+from restoration import HELD_OUT, IMAGES, device_text, load_clean, run_back_projection  # noqa: E402
 
 from napari_emssl.engine.model_dir import TrainedModel  # noqa: E402
 
@@ -134,7 +132,7 @@ def main() -> None:
     row = {"image": args.image, "held_out": args.image in HELD_OUT, "share": args.share, "period_px": period,
            "spacing_px": list(settings.spacing) if period is not None else None, "steps": result.steps,
            "train_seconds": round(train_seconds, 1), "psnr": scores,
-           "device": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
+           "device": device_text(),
            "command": "python benchmarks/superres_synthetic_pairs.py " + shlex.join(sys.argv[1:])}
     print(json.dumps(row), flush=True)
     args.out.write_text(json.dumps(row, indent=1) + "\n")

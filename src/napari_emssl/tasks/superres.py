@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.degrade import downscale_area as downscale_area_np
 from ..data.degrade import upscale_bicubic
 from ..errors import InputError
 from .restoration import LossFn, SampleFn, make_paired_loss_fn, restoration_loss, to_tensor
@@ -188,15 +189,13 @@ def back_project(restored: np.ndarray, low: np.ndarray, factor: int, steps: int)
     the benchmark images in docs/benchmarks.md, "Synthetic lattice pairs").
     ``steps`` 0 returns ``restored``; float32 out.
     """
-    from ..data.degrade import downscale_area as area_np
-
     factor = _check_factor(factor)
     x = np.asarray(restored, dtype=np.float32)
     low = np.asarray(low, dtype=np.float32)
     if x.shape != (low.shape[0] * factor, low.shape[1] * factor):
         raise ValueError(f"back_project takes a plane {low.shape} and its x{factor} upscaling, got {x.shape}")
     for _ in range(int(steps)):
-        x = x + upscale_bicubic(low - area_np(x, factor), factor)
+        x = x + upscale_bicubic(low - downscale_area_np(x, factor), factor)
     return x.astype(np.float32)
 
 
