@@ -63,6 +63,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = Path(os.environ.get("EMSSL_DATA", HERE.parents[1] / "shared" / "data"))
 
 from napari_emssl import __version__, api  # noqa: E402
+from napari_emssl.cli import leak_share  # noqa: E402
 from napari_emssl.config import DENOISE_LOSSES, MASK_REPLACEMENTS, FinetuneConfig, PredictConfig  # noqa: E402
 from napari_emssl.data.degrade import downscale_area, upscale_bicubic  # noqa: E402
 from napari_emssl.tasks import superres  # noqa: E402
@@ -205,10 +206,13 @@ def run_ours(noisy, args, init=None, **_):
     out = api.predict(result.model, noisy, PredictConfig(device=args.device, tta=False))
     extra = {"init": result.model.meta["lineage"]["init"].get("init"), "steps": result.steps,
              **({"back_projection": result.model.meta.get("back_projection", 0)} if args.task == "superres" else {}),
-             "train_seconds": round(result.seconds, 1), "predict_seconds": round(out.seconds, 1)}
+             "train_seconds": round(result.seconds, 1), "predict_seconds": round(out.seconds, 1),
+             **({"leak_share": out.info["leak_shares"][0]} if out.info.get("leak_shares") else {})}
     if args.tta:
         tta = api.predict(result.model, noisy, PredictConfig(device=args.device, tta=True))
         extra["_tta"] = (tta.image, tta.seconds)
+        if tta.info.get("leak_shares"):
+            extra["leak_share_tta"] = tta.info["leak_shares"][0]
     if args.stack:  # what a stack gets by default: the image as a one-slice stack
         stack = api.predict(result.model, noisy[None], PredictConfig(device=args.device))
         extra["_stack"] = (stack.image[0], stack.seconds)
@@ -312,9 +316,9 @@ def main() -> None:
                         help="training loss of our denoiser (default: the package default)")
     parser.add_argument("--mean-correction", type=float, default=FinetuneConfig.mean_correction,
                         help="low-pass sigma (px) of our denoiser's mean correction, 0: off (default: the package default)")
-    parser.add_argument("--leak-correction", type=float, default=FinetuneConfig.leak_correction,
-                        help="share of the own-pixel weight our denoiser takes out after prediction, 0: off "
-                             "(default: the package default)")
+    parser.add_argument("--leak-correction", type=leak_share, default=FinetuneConfig.leak_correction,
+                        help="share of the own-pixel weight our denoiser takes out after prediction, 0: off, auto: "
+                             "chosen per image (default: the package default)")
     parser.add_argument("--tta", action="store_true", help="also score our models with the 8-view test-time average")
     parser.add_argument("--stack", action="store_true",
                         help="also score our models as a stack gets them by default (row <method>_stack: the image as a "

@@ -16,6 +16,7 @@ from .engine.cancel import CancelToken
 from .engine.events import PredictionTile, Preview, RunCancelled, RunFinished, RunStarted, StepEnd
 from .errors import InputError
 from .io import read_image, write_image
+from .tasks.denoise import leak_share_text
 
 
 class Progress:
@@ -282,7 +283,8 @@ def _predict_scored(args, model, config: PredictConfig) -> int:
         print(f"emssl: note: {result.info['clipped_pixels']} pixel(s) were outside the range of {image.dtype} and were clipped",
               file=sys.stderr)
     scores = f" (PSNR {result.metrics['psnr']:.2f} dB, SSIM {result.metrics['ssim']:.3f})" if result.metrics else ""
-    print(f"{inputs[0]} -> {target_path}{scores}")
+    leak = f"; {leak_share_text(result.info['leak_shares'])}" if result.info.get("leak_shares") else ""
+    print(f"{inputs[0]} -> {target_path}{scores}{leak}")
     return EXIT_OK
 
 

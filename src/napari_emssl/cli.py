@@ -10,10 +10,20 @@ import argparse
 import sys
 
 from . import __version__
-from .config import DENOISE_LOSSES, MASK_REPLACEMENTS, METHODS, TASKS, FinetuneConfig, PretrainConfig
+from .config import DENOISE_LOSSES, LEAK_AUTO, MASK_REPLACEMENTS, METHODS, TASKS, FinetuneConfig, PretrainConfig
 from .errors import EmsslError
 
 EXIT_OK, EXIT_ERROR, EXIT_CANCELLED = 0, 1, 130
+
+
+def leak_share(text: str) -> float | str:
+    """``--leak-correction``: "auto" or a number (its range is checked with the rest of the settings)."""
+    if text.strip().lower() == LEAK_AUTO:
+        return LEAK_AUTO
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a share from 0 to 1 or {LEAK_AUTO!r}, got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,11 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="self-supervised denoising: after prediction, add back the Gaussian low-pass (sigma PX pixels) "
                          "of what was removed, so the result keeps the input's local mean; recorded in the model "
                          f"(default {FinetuneConfig.mean_correction:g}; 0: off)")
-    ft.add_argument("--leak-correction", type=float, default=FinetuneConfig.leak_correction, metavar="F",
+    ft.add_argument("--leak-correction", type=leak_share, default=FinetuneConfig.leak_correction, metavar="F",
                     help="self-supervised denoising: after prediction, take out this share of the weight the network "
                          "gives each pixel's own value (its own noise), measured with one more network pass; recorded "
-                         f"in the model (default {FinetuneConfig.leak_correction:g}; 0: off; 1: each pixel from its "
-                         "neighbours alone)")
+                         f"in the model (default {FinetuneConfig.leak_correction}: chosen per slice from the image by "
+                         "Stein's unbiased risk estimate, 0 to 0.75; 0: off; 1: each pixel from its neighbours alone)")
     ft.add_argument("--back-projection", type=int, default=FinetuneConfig.back_projection, metavar="N",
                     help="self-supervised super-resolution: after prediction, N steps of iterative back-projection, so "
                          "that the result downscaled gives back the input; recorded in the model "
@@ -122,9 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="restoration: average the predictions of the 8 flips/rotations of each slice (8x slower; "
                          "default: on for a single image of at most 4096 x 4096 pixels; bigger images and stacks get the "
                          "mean of each slice and its mirror, 2x); --no-tta: one view")
-    pr.add_argument("--leak-correction", type=float, default=None, metavar="F",
+    pr.add_argument("--leak-correction", type=leak_share, default=None, metavar="F",
                     help="self-supervised denoising: the share of each pixel's own weight to take out, instead of the "
-                         "one the model records (0: off; 1: each pixel from its neighbours alone)")
+                         "one the model records (auto: chosen per slice; 0: off; 1: each pixel from its neighbours alone)")
     pr.add_argument("--z-average", type=float, default=0.0, metavar="W",
                     help="segmentation of a volume: average each slice's class probabilities with its two neighbours, "
                          "each weighted W relative to the slice (default 0: off; 0.25 raised Dice on the ssTEM stack)")

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import FinetuneConfig, PredictConfig
+from .config import LEAK_AUTO, FinetuneConfig, PredictConfig
 from .data.normalize import NormStats, percentile_normalize
 from .data.patches import PatchSampler
 from .data.validate import check_image, is_constant
@@ -231,8 +231,7 @@ def iter_finetune_restoration(
         restored = restore_plane(plane)
         if leak:  # as Apply will give it
             probing, probe = denoise.probed_input(plane)
-            weight = denoise.own_pixel_weight(restored, restore_plane(probing), probe)
-            restored = denoise.leak_correction(restored, plane, weight, leak)
+            restored, _ = denoise.correct_leak(restored, plane, restored, restore_plane(probing), probe, leak)
         if correction:
             restored = denoise.mean_correction(restored, plane, correction)
         if back:
@@ -277,9 +276,11 @@ def model_back_projection(task: str, config: FinetuneConfig, *, paired: bool) ->
     return int(config.back_projection) if task == "superres" and not paired else 0
 
 
-def model_leak_correction(task: str, config: FinetuneConfig, *, paired: bool) -> float:
-    """The share of the own-pixel weight a model takes out after prediction: self-supervised denoising only (0: none)."""
-    return float(config.leak_correction) if task == "denoise" and not paired else 0.0
+def model_leak_correction(task: str, config: FinetuneConfig, *, paired: bool) -> float | str:
+    """The share of the own-pixel weight a model takes out after prediction, or "auto": self-supervised denoising only (0: none)."""
+    if task != "denoise" or paired:
+        return 0.0
+    return LEAK_AUTO if config.leak_correction == LEAK_AUTO else float(config.leak_correction)
 
 
 def _total_steps(config: FinetuneConfig, image: np.ndarray, patch: int) -> int:

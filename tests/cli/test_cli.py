@@ -267,7 +267,7 @@ def test_denoise_and_superres_round_trip(capsys, files, tmp_path, monkeypatch):
     assert meta_nb["mean_correction"] == 0.0 and meta_nb["leak_correction"] == 0.0
     meta_dn = json.loads((tmp_path / "dn" / "model.json").read_text())
     assert meta_dn["lineage"]["finetune"]["denoise_loss"] == "re-visible" and meta_dn["mean_correction"] == 16.0
-    assert meta_dn["leak_correction"] == 0.5
+    assert meta_dn["leak_correction"] == "auto"  # the default: chosen per slice at prediction
     code, _, err = run(capsys, "finetune", "--task", "denoise", "--image", files["image"], "--out", tmp_path / "dn_bad",
                        "--mean-correction", "-3", *TINY)
     assert code == 1 and not (tmp_path / "dn_bad").exists()
@@ -289,12 +289,13 @@ def test_denoise_and_superres_round_trip(capsys, files, tmp_path, monkeypatch):
     np.testing.assert_array_equal(read_image(tmp_path / "p_tta" / "cells.tif")[0], result)
     assert not np.array_equal(read_image(tmp_path / "p_plain" / "cells.tif")[0], result)
     # a network trained for 3 steps gives its pixels no own weight to take out: measure a fixed one instead
-    monkeypatch.setattr("napari_emssl.prediction.own_pixel_weight", lambda plain, *_: np.full_like(plain, 0.2))
-    for folder, extra in (("p_leak", ()), ("p_noleak", ("--leak-correction", "0"))):  # float results
+    monkeypatch.setattr("napari_emssl.tasks.denoise.own_pixel_weight", lambda plain, *_: np.full_like(plain, 0.2))
+    for folder, extra in (("p_leak", ("--leak-correction", "0.5")), ("p_noleak", ("--leak-correction", "0")),
+                          ("p_auto", ("--leak-correction", "auto"))):  # float results
         code, _, err = run(capsys, "predict", "--model", tmp_path / "dn", "--input", files["image"], "--out",
                            tmp_path / folder, "--device", "cpu", *extra)
         assert code == 0, err
-    # the model's share (0.5) overridden: another result
+    # the model's share overridden: another result
     leak, no_leak = read_image(tmp_path / "p_leak" / "cells.tif")[0], read_image(tmp_path / "p_noleak" / "cells.tif")[0]
     assert not np.array_equal(leak, no_leak)
     monkeypatch.undo()
@@ -302,6 +303,11 @@ def test_denoise_and_superres_round_trip(capsys, files, tmp_path, monkeypatch):
                        tmp_path / "p_badleak", "--device", "cpu", "--leak-correction", "1.5")
     assert code == 1 and not (tmp_path / "p_badleak").exists()
     assert_one_line_error(err, "leak_correction must be a share between 0")
+    with pytest.raises(SystemExit) as exit_info:  # a usage error
+        run(capsys, "predict", "--model", tmp_path / "dn", "--input", files["image"], "--out", tmp_path / "p_badleak",
+            "--device", "cpu", "--leak-correction", "most")
+    assert exit_info.value.code == 2 and not (tmp_path / "p_badleak").exists()
+    assert "expected a share from 0 to 1 or 'auto', got 'most'" in capsys.readouterr().err
     code, out, err = run(capsys, "finetune", "--task", "superres", "--factor", "2", "--image", files["image"], "--out",
                          tmp_path / "sr", "--steps", "2", *TINY)
     assert code == 0, err

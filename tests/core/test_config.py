@@ -60,7 +60,8 @@ def test_defaults_are_valid():
         ({"leak_correction": -0.1}, "leak_correction must be a share between 0"),
         ({"leak_correction": 1.5}, "leak_correction must be a share between 0"),
         ({"leak_correction": float("nan")}, "leak_correction must be a number"),
-        ({"leak_correction": "0.5"}, "leak_correction must be a number"),
+        ({"leak_correction": "0.5"}, "leak_correction must be a number or 'auto'"),
+        ({"leak_correction": "Auto"}, "leak_correction must be a number or 'auto'"),
     ],
 )
 def test_finetune_config_rejects_bad_values(changes, words):
@@ -72,7 +73,7 @@ def test_finetune_config_rejects_bad_values(changes, words):
     "changes, words",
     [({"device": "gpu"}, "device"), ({"tile": 0}, "tile"), ({"batch_size": -1}, "batch_size"),
      ({"overlap": -1}, "overlap"), ({"overlap": 1.5}, "overlap"), ({"leak_correction": 1.2}, "leak_correction must be a share"),
-     ({"leak_correction": -0.5}, "leak_correction must be a share"), ({"leak_correction": "1"}, "leak_correction must be a number")],
+     ({"leak_correction": -0.5}, "leak_correction must be a share"), ({"leak_correction": "1"}, "leak_correction must be a number or 'auto'")],
 )
 def test_predict_config_rejects_bad_values(changes, words):
     with pytest.raises(InputError, match=words):

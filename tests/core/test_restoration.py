@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from napari_emssl import api
-from napari_emssl.config import FinetuneConfig, PredictConfig
+from napari_emssl.config import LEAK_AUTO, LEAK_AUTO_MAX, FinetuneConfig, PredictConfig
 from napari_emssl.data.degrade import upscale_bicubic
 from napari_emssl.data.normalize import percentile_normalize
 from napari_emssl.engine.model_dir import TrainedModel, load_model
@@ -271,13 +271,74 @@ def test_own_pixel_weight_is_measured_and_the_leak_taken_out():
         denoise.own_pixel_weight(plain, plain, probe[:, :-1])
 
 
+def test_noise_variance_of_poisson_gaussian_noise_from_the_image_alone():
+    """The variance grows linearly with the signal (shot noise) on top of a floor (read noise); its mean recovered within 5 %."""
+    rng = np.random.default_rng(11)
+    yy, xx = np.mgrid[0:256, 0:256] / 256.0
+    clean = 0.05 + 0.95 * (0.5 + 0.25 * np.sin(6 * xx) + 0.25 * np.cos(4 * yy))  # smooth: no detail at the pixel scale
+    dose, read = 20.0, 0.05
+    noisy = rng.poisson(clean * dose) / dose + read * rng.standard_normal(clean.shape)
+    true = clean / dose + read**2
+    variance = denoise.noise_variance(noisy, clean)
+    assert variance.shape == clean.shape and variance.dtype == np.float64
+    assert abs(variance.mean() / true.mean() - 1) < 0.05
+    dark, bright = clean < 0.3, clean > 0.8
+    assert variance[bright].mean() > 1.5 * variance[dark].mean()  # shot noise: more where the signal is higher
+    # per region within 20 % (the median absolute deviation of discrete counts is biased at about 1 electron per pixel)
+    assert abs(variance[dark].mean() / true[dark].mean() - 1) < 0.2 and abs(variance[bright].mean() / true[bright].mean() - 1) < 0.2
+    small = denoise.noise_variance(noisy[:9, :9], clean[:9, :9])  # too few blocks for the bins: one value, still right
+    assert np.ptp(small) == 0 and 0.3 < small[0, 0] / true[:9, :9].mean() < 3
+    assert np.all(denoise.noise_variance(noisy[:1, :5], clean[:1, :5]) > 0)  # no 2 x 2 block at all
+    with pytest.raises(ValueError, match="two 2D planes of one shape"):
+        denoise.noise_variance(noisy, clean[:-1])
+
+
+def test_auto_leak_share_is_where_the_error_is_least():
+    """SURE's share for a known linear "network" (0.2 of the pixel, 0.1 of each neighbour) against the true error."""
+    rng = np.random.default_rng(12)
+    clean, _ = _clean_and_noisy(seed=12, shape=(160, 160))
+    from scipy.ndimage import gaussian_filter
+
+    clean = gaussian_filter((clean - clean.min()) / np.ptp(clean), 1.5)
+    sigma = 0.12
+    noisy = (clean + sigma * rng.standard_normal(clean.shape)).astype(np.float32)
+    plain = _own_weight_filter(noisy)
+    probing, probe = denoise.probed_input(noisy)
+    probed = _own_weight_filter(probing)
+    weight = denoise.own_pixel_weight(plain, probed, probe)
+    response = denoise.probe_response(plain, probed, probe)
+    assert abs(float(response.mean()) - 0.2) < 0.01  # unsmoothed: the own weight plus zero-mean cross terms
+    shares = np.linspace(0, 1, 101)
+    errors = [float(np.mean((denoise.leak_correction(plain, noisy, weight, f) - clean) ** 2)) for f in shares]
+    best = float(shares[int(np.argmin(errors))])
+    assert 0.1 < best < 0.9  # the test image has its best share inside the range
+    for variance in (np.full(clean.shape, sigma**2), denoise.noise_variance(noisy, _neighbours_only(noisy))):
+        share = denoise.sure_leak_share(plain, noisy, weight, response, variance, upper=1.0)
+        assert abs(share - best) < 0.1
+        error = float(np.mean((denoise.leak_correction(plain, noisy, weight, share) - clean) ** 2))
+        assert error < 1.01 * min(errors)
+    # the package's rule: clipped to [0, LEAK_AUTO_MAX], 0 when the network gives the pixels no weight
+    assert denoise.sure_leak_share(plain, noisy, weight, response, np.full(clean.shape, 10.0)) == LEAK_AUTO_MAX
+    assert denoise.sure_leak_share(plain, noisy, weight, response, np.full(clean.shape, 1e-6)) == 0.0
+    zero = np.zeros_like(weight)
+    assert denoise.sure_leak_share(plain, noisy, zero, zero, np.full(clean.shape, sigma**2)) == 0.0
+    corrected, share = denoise.correct_leak(plain, noisy, plain, probed, probe, LEAK_AUTO)
+    assert 0.0 <= share <= LEAK_AUTO_MAX and abs(share - best) < 0.1
+    np.testing.assert_array_equal(corrected, denoise.leak_correction(plain, noisy, weight, share))
+    fixed, used = denoise.correct_leak(plain, noisy, plain, probed, probe, 0.5)
+    assert used == 0.5 and np.array_equal(fixed, denoise.leak_correction(plain, noisy, weight, 0.5))
+    assert denoise.leak_share_text([0.5]) == "leak correction share 0.50"
+    assert denoise.leak_share_text([0.25, 0.75]) == "leak correction shares 0.25-0.75 over 2 slices (mean 0.50)"
+    assert denoise.leak_share_text([]) == ""
+
+
 def test_prediction_takes_out_the_leak_of_a_known_network(tiny_config):
     """A network that is a known linear filter: prediction with share 1 gives the neighbours-only filter, per slice."""
     from napari_emssl.engine.model_dir import TrainedModel
 
     _, noisy = _clean_and_noisy(seed=6, shape=(64, 80))
     model = api.finetune(noisy, config=tiny_config(task="denoise", steps=1)).model
-    assert model.meta["leak_correction"] == FinetuneConfig.leak_correction == 0.5
+    assert model.meta["leak_correction"] == FinetuneConfig.leak_correction == LEAK_AUTO
     conv = torch.nn.Conv2d(1, 1, 3, padding=1, padding_mode="reflect", bias=False)
     with torch.no_grad():
         conv.weight.fill_(0.1)
@@ -308,6 +369,18 @@ def test_prediction_takes_out_the_leak_of_a_known_network(tiny_config):
     override = api.predict(TrainedModel(net=conv, meta={**meta, "leak_correction": 0.0}), noisy,
                            PredictConfig(device="cpu", tta=True, amp=False, leak_correction=0.5)).image
     np.testing.assert_allclose(override, half, rtol=1e-6, atol=1e-6)
+    # "auto": one share per slice, reported; the same as that fixed share
+    stack_events = list(api.iter_predict(TrainedModel(net=conv, meta={**meta, "leak_correction": LEAK_AUTO}), stack,
+                                         PredictConfig(device="cpu", tta=False, amp=False)))
+    assert stack_events[0].info["leak_correction"] == LEAK_AUTO
+    shares = stack_events[-1].result.info["leak_shares"]
+    assert len(shares) == 2 and all(0.0 <= f <= LEAK_AUTO_MAX for f in shares)
+    single = list(api.iter_predict(TrainedModel(net=conv, meta={**meta, "leak_correction": LEAK_AUTO}), noisy,
+                                   PredictConfig(device="cpu", tta=False, amp=False)))[-1].result
+    fixed = api.predict(TrainedModel(net=conv, meta={**meta, "leak_correction": single.info["leak_shares"][0]}), noisy,
+                        PredictConfig(device="cpu", tta=False, amp=False)).image
+    np.testing.assert_allclose(single.image, fixed, rtol=1e-4, atol=1e-4 * float(np.ptp(noisy)))
+    assert events[-1].result.info["leak_shares"] == [1.0, 1.0]  # a fixed share is reported too
     paired = api.finetune(noisy, config=tiny_config(task="denoise", steps=1), target=noisy).model
     assert paired.meta["leak_correction"] == 0.0  # a paired denoiser learned from a clean target, not from its neighbours
     paired_out = api.predict(paired, noisy, PredictConfig(device="cpu", tta=False)).image

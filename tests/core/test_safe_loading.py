@@ -198,6 +198,7 @@ GOOD = {
     "superres back-projected": _with(task="superres", out_channels=1, factor=2, classes=_DROP, back_projection=5),
     "denoise": _with(task="denoise", out_channels=1, classes=_DROP, mean_correction=16.0, leak_correction=0.5),
     "denoise factor 1": _with(task="denoise", out_channels=1, factor=1, classes=_DROP),
+    "denoise auto leak share": _with(task="denoise", out_channels=1, classes=_DROP, leak_correction="auto"),
     "seed null": _with(seed=None),
     "no classes": _with(classes=[]),
 }

@@ -34,11 +34,12 @@ def test_denoise_in_the_widgets(qtbot, viewer_widgets, notes, wait_idle):
     mean.setValue(0.0)
     assert mean.text() == "off" and finetune.config().mean_correction == 0.0
     mean.setValue(8.0)
-    leak = finetune.task_rows.leak_spin
-    assert leak.isVisibleTo(finetune) and finetune.config().leak_correction == 0.5  # the default
-    leak.setValue(0.0)
-    assert leak.text() == "off" and finetune.config().leak_correction == 0.0
-    leak.setValue(0.25)
+    leak = finetune.task_rows.leak_combo
+    assert leak.isVisibleTo(finetune) and finetune.config().leak_correction == "auto"  # the default: chosen per slice
+    assert leak.currentText().startswith("auto")
+    leak.setCurrentIndex(leak.findData(0.0))
+    assert leak.currentText() == "off" and finetune.config().leak_correction == 0.0
+    leak.setCurrentIndex(leak.findData(0.25))
     finetune.steps_spin.setValue(6)
     strokes_before = viewer.layers["crop strokes"].data.copy()
     assert finetune.start()
@@ -71,15 +72,18 @@ def test_denoise_in_the_widgets(qtbot, viewer_widgets, notes, wait_idle):
     apply.tta.setCurrentIndex(apply.tta.findData(True))
     assert apply.config().tta is True
     apply.tta.setCurrentIndex(apply.tta.findData(False))
-    assert apply.leak.text() == "as trained" and apply.config().leak_correction is None  # the model's share
-    apply.leak.setValue(0.0)
+    assert apply.leak.currentText() == "as trained" and apply.config().leak_correction is None  # the model's share
+    apply.leak.setCurrentIndex(apply.leak.findData(0.0))
     assert apply.config().leak_correction == 0.0
-    apply.leak.setValue(0.25)
+    apply.leak.setCurrentIndex(apply.leak.findData(0.25))
     assert apply.config().leak_correction == 0.25
+    apply.leak.setCurrentIndex(apply.leak.findData("auto"))
+    assert apply.config().leak_correction == "auto"
     apply.keep_dtype.setChecked(True)
     assert apply.start()
     wait_idle(apply)
     assert viewer.layers["crop denoised"].data.dtype == viewer.layers["crop"].data.dtype
+    assert "leak correction share" in apply.controls.status.text()  # chosen per slice, and said which
     assert not notes.errors(), notes.errors()
 
 
@@ -95,7 +99,7 @@ def test_superres_with_a_target_layer_shows_psnr_and_overlays(qtbot, viewer_widg
     assert not finetune.task_rows.mask_combo.isVisibleTo(finetune)  # denoising only
     assert not finetune.task_rows.loss_combo.isVisibleTo(finetune)
     assert not finetune.task_rows.mean_spin.isVisibleTo(finetune)
-    assert not finetune.task_rows.leak_spin.isVisibleTo(finetune)
+    assert not finetune.task_rows.leak_combo.isVisibleTo(finetune)
     assert finetune.start()
     wait_idle(finetune)
     assert not notes.errors(), notes.errors()

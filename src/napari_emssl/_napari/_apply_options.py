@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QWidget
+from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QWidget
+
+from ._task_controls import LEAK_CHOICES
 
 Z_AVERAGE = 0.25  # "smooth along z": neighbour weights 1:4:1 (docs/benchmarks.md, z-consistency)
 TTA_CHOICES = (("auto: 8 views for single images, 2 for stacks", None), ("on: 8 views", True), ("off: one view", False))
@@ -27,16 +29,14 @@ class PredictOptions:
                             "images, most on smooth ones) at eight times the prediction time; automatic: the 8 views "
                             "for single images up to 4096 x 4096, each slice and its mirror for stacks and bigger "
                             "images (twice the time of one view)")
-        self.leak = QDoubleSpinBox(parent)
-        self.leak.setRange(-0.05, 1.0)  # the minimum shows "as trained": the share the model records
-        self.leak.setSingleStep(0.05)
-        self.leak.setDecimals(2)
-        self.leak.setSpecialValueText("as trained")
-        self.leak.setValue(-0.05)
+        self.leak = QComboBox(parent)
+        self.leak.addItem("as trained", None)  # the share the model records (the Apply model line names it)
+        for text, value in LEAK_CHOICES:
+            self.leak.addItem(text, value)
         self.leak.setToolTip("Self-supervised denoising: the share of the weight the network gives each pixel's own value "
                              "(its own noise) taken out after prediction. 'as trained': the model's (the Apply model line "
-                             "names it); 0: off, better on images with detail at the pixel scale; 1: each pixel from its "
-                             "neighbours alone, best on smooth images")
+                             "names it); auto: chosen per slice, from 0 to 0.75; 0: off, better on images with detail at "
+                             "the pixel scale; 1: each pixel from its neighbours alone, best on smooth images")
 
     def add_to(self, form: QFormLayout) -> None:
         form.addRow("", self.probabilities)
@@ -56,7 +56,6 @@ class PredictOptions:
                     tta=self.tta.currentData(), z_average=Z_AVERAGE if self.z_average.isChecked() else 0.0,
                     leak_correction=self.leak_correction())
 
-    def leak_correction(self) -> float | None:
-        """The leak-correction share chosen at Apply, None for the model's own."""
-        value = float(self.leak.value())
-        return None if value < 0 else value
+    def leak_correction(self) -> float | str | None:
+        """The leak-correction share chosen at Apply ("auto" or a number), None for the model's own."""
+        return self.leak.currentData()

@@ -6,6 +6,8 @@ from typing import Any
 
 from napari.layers import Layer
 
+from ..tasks.denoise import leak_share_text
+
 from ._layers import (
     class_colormap,
     find_layer,
@@ -28,6 +30,8 @@ def show_result(viewer, name: str, result, spatial: dict[str, Any], metadata: di
             scores = f"; against the target: PSNR {result.metrics['psnr']:.2f} dB, SSIM {result.metrics['ssim']:.3f}"
         if result.info.get("clipped_pixels"):
             scores += f"; {result.info['clipped_pixels']} pixels clipped to the pixel type's range"
+        if result.info.get("leak_shares"):
+            scores += f"; {leak_share_text(result.info['leak_shares'])}"
     else:
         upsert_labels(viewer, result_name(name, "segmentation"), result.labels, spatial,
                       colormap=class_colormap(background=False), opacity=0.55)

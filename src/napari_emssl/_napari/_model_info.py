@@ -46,7 +46,8 @@ def describe_model(meta: dict) -> str:
     else:
         text = f"{meta.get('arch')} · {result_kind(task, int(meta.get('factor', 1)))}"
         if task == "denoise" and meta.get("leak_correction"):
-            text += f" · leak correction {float(meta['leak_correction']):g}"
+            leak = meta["leak_correction"]
+            text += f" · leak correction {leak if isinstance(leak, str) else format(float(leak), 'g')}"
         if task == "denoise" and meta.get("mean_correction"):
             text += f" · mean correction {float(meta['mean_correction']):g} px"
     finetune = (meta.get("lineage") or {}).get("finetune") or {}

@@ -11,7 +11,7 @@ from napari.layers import Image
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QFormLayout, QLabel, QWidget
 
-from ..config import FACTORS, FinetuneConfig
+from ..config import FACTORS, LEAK_AUTO, FinetuneConfig
 from ._controls import LayerCombo
 
 TASK_CHOICES = (
@@ -45,9 +45,20 @@ LOSS_TIP = ("The blind-spot loss trains the network only on pixels it cannot see
 MEAN_TIP = ("After denoising, add back the Gaussian low-pass (this sigma, in pixels) of what was removed, so the result "
              "keeps the input's local brightness: the noise averages out, a slow offset of the network does not. "
              "On the 8 benchmark images -0.00 to +0.50 dB, most on smooth images (docs/benchmarks.md). 0: off.")
-LEAK_TIP = ("After denoising, take out this share of the weight the network gives each pixel's own value (its own noise), "
-            "measured with one more pass of the network (prediction takes one pass more per slice). Helps most on smooth "
-            "images (docs/benchmarks.md, 'Leak correction'). 0: off; 1: each pixel from its neighbours alone.")
+# how much of each pixel's own weight self-supervised denoising takes out after prediction (FinetuneConfig.leak_correction)
+LEAK_CHOICES = (
+    ("auto: chosen per image", LEAK_AUTO),
+    ("off", 0.0),
+    ("0.25", 0.25),
+    ("0.5", 0.5),
+    ("0.75", 0.75),
+    ("1: from the neighbours alone", 1.0),
+)
+LEAK_TIP = ("After denoising, take out a share of the weight the network gives each pixel's own value (its own noise), "
+            "measured with one more pass of the network (prediction takes one pass more per slice). auto: the share "
+            "Stein's unbiased risk estimate expects to be best for each slice, from 0 to 0.75 (high on smooth images, "
+            "low on images with detail at the pixel scale; docs/benchmarks.md, 'Leak correction'). 0: off; 1: each "
+            "pixel from its neighbours alone.")
 TARGET_TIPS = {
     "denoise": "Optional: a clean (e.g. high-dose) image of the same field of view, in the image's intensity units",
     "bgremove": "Optional: the same field of view without noise and background, in the image's intensity units",
@@ -80,13 +91,7 @@ class TaskRows(QWidget):
         self.mean_spin.setValue(FinetuneConfig.mean_correction)
         self.mean_spin.setToolTip(MEAN_TIP)
         self._mean_label = QLabel("Mean correction", parent)
-        self.leak_spin = QDoubleSpinBox(parent)
-        self.leak_spin.setRange(0.0, 1.0)
-        self.leak_spin.setDecimals(2)
-        self.leak_spin.setSingleStep(0.05)
-        self.leak_spin.setSpecialValueText("off")
-        self.leak_spin.setValue(FinetuneConfig.leak_correction)
-        self.leak_spin.setToolTip(LEAK_TIP)
+        self.leak_combo = _choice_combo(parent, LEAK_CHOICES, FinetuneConfig.leak_correction, LEAK_TIP)
         self._leak_label = QLabel("Leak correction", parent)
         self._mask_label = QLabel("Hidden pixels show", parent)
         self._loss_label = QLabel("Loss", parent)
@@ -104,7 +109,7 @@ class TaskRows(QWidget):
         form.addRow(self._factor_label, self.factor_combo)
         form.addRow(self._mask_label, self.mask_combo)
         form.addRow(self._loss_label, self.loss_combo)
-        form.addRow(self._leak_label, self.leak_spin)
+        form.addRow(self._leak_label, self.leak_combo)
         form.addRow(self._mean_label, self.mean_spin)
         self._update()
 
@@ -129,9 +134,9 @@ class TaskRows(QWidget):
         """The mean-correction sigma (px) of self-supervised denoising (the default for the other tasks)."""
         return float(self.mean_spin.value()) if self.task() == "denoise" else FinetuneConfig.mean_correction
 
-    def leak_correction(self) -> float:
-        """The share of the own-pixel weight taken out in self-supervised denoising (the default for the other tasks)."""
-        return float(self.leak_spin.value()) if self.task() == "denoise" else FinetuneConfig.leak_correction
+    def leak_correction(self) -> float | str:
+        """The share of the own-pixel weight taken out in self-supervised denoising, or "auto" (the default for the other tasks)."""
+        return self.leak_combo.currentData() if self.task() == "denoise" else FinetuneConfig.leak_correction
 
     def target_layer(self):
         return self.target_combo.layer() if self.task() != "segment" else None
@@ -150,13 +155,13 @@ class TaskRows(QWidget):
         self._factor_label.setVisible(task == "superres")
         self.factor_combo.setVisible(task == "superres")
         for widget in (self._mask_label, self.mask_combo, self._loss_label, self.loss_combo, self._mean_label, self.mean_spin,
-                       self._leak_label, self.leak_spin):
+                       self._leak_label, self.leak_combo):
             widget.setVisible(task == "denoise")
         self.hint.setText(HINTS[task])
         self.task_changed.emit(task)
 
 
-def _choice_combo(parent: QWidget | None, choices: tuple[tuple[str, str], ...], default: str, tip: str) -> QComboBox:
+def _choice_combo(parent: QWidget | None, choices: tuple[tuple[str, object], ...], default: object, tip: str) -> QComboBox:
     """A combo of ``(text, value)`` choices with ``default`` selected."""
     combo = QComboBox(parent)
     for text, value in choices:

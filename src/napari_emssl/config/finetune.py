@@ -28,7 +28,11 @@ MASK_REPLACEMENTS = ("mean", "neighbour")
 DENOISE_LOSSES = ("re-visible", "blind-spot")
 #: self-supervised denoising: sigma (px) of the low-pass of the residual added back after prediction (see ``tasks/denoise.py``)
 MEAN_CORRECTION = 16.0
-LEAK_CORRECTION = 0.5
+#: self-supervised denoising: the leak-correction share chosen per slice after prediction (see ``tasks/denoise.py``)
+LEAK_AUTO = "auto"
+#: the largest share LEAK_AUTO chooses (at 1 the output is the neighbours-only estimate, which loses on average)
+LEAK_AUTO_MAX = 0.75
+LEAK_CORRECTION = LEAK_AUTO
 #: self-supervised super-resolution: steps of iterative back-projection after prediction (see ``tasks/superres.py``)
 BACK_PROJECTION = 5
 #: test-time augmentation is on by default for inputs of at most this many pixels (one 4096 x 4096 image)
@@ -56,7 +60,11 @@ def _number(name: str, value: Any) -> None:
 
 
 def _leak_share(value: Any, upper: str) -> None:
-    """A leak-correction share: a number from 0 (off) to 1; ``upper`` words the top of the range in the message."""
+    """A leak-correction share: "auto" or a number from 0 (off) to 1; ``upper`` words the top of the range in the message."""
+    if value == LEAK_AUTO:
+        return
+    if isinstance(value, str):
+        raise InputError(f"leak_correction must be a number or {LEAK_AUTO!r}, got {value!r}")
     _number("leak_correction", value)
     if not 0.0 <= value <= 1.0:
         raise InputError(f"leak_correction must be a share between 0 (off) and {upper}, got {value}")
@@ -105,8 +113,9 @@ class FinetuneConfig:
     # 0: off (the behaviour before 0.1.0)
     mean_correction: float = MEAN_CORRECTION
     # self-supervised denoising: the share (0..1) of the weight the network gives each pixel's own value (its own noise)
-    # taken out after prediction, measured with one more network pass; recorded in the model. 0: off
-    leak_correction: float = LEAK_CORRECTION
+    # taken out after prediction, measured with one more network pass; recorded in the model. 0: off; "auto" (the
+    # default): chosen per slice by Stein's unbiased risk estimate, between 0 and LEAK_AUTO_MAX
+    leak_correction: float | str = LEAK_CORRECTION
     # self-supervised super-resolution: steps of iterative back-projection after prediction, which make the result's
     # factor x factor block means the input's (the degradation the training pairs assume); recorded in the model. 0: off
     back_projection: int = BACK_PROJECTION
@@ -203,8 +212,8 @@ class PredictConfig:
     # z_average relative to the slice (0: off; 0.25 = weights 1:4:1). Only for slices of one volume, in order.
     z_average: float = 0.0
     # self-supervised denoising: the leak-correction share to use instead of the one the model records (None: the
-    # model's; 0: off). Paired denoisers are never corrected.
-    leak_correction: float | None = None
+    # model's; 0: off; "auto": chosen per slice). Paired denoisers are never corrected.
+    leak_correction: float | str | None = None
     auto_batch: bool = True  # CUDA: tiles per batch from the free GPU memory (batch_size elsewhere); halved on out-of-memory
     compile: bool = False  # CUDA: torch.compile the network (pays off on big stacks)
 

@@ -119,8 +119,9 @@ def validate_model_meta(meta: Any, *, source: str = "model.json", tasks: tuple[s
         c.fail("factor", f"one of {', '.join(map(str, FACTORS))}", meta["factor"])
     if "mean_correction" in meta and (not _is_number(meta["mean_correction"]) or meta["mean_correction"] < 0):
         c.fail("mean_correction", "a low-pass sigma in pixels >= 0", meta["mean_correction"])
-    if "leak_correction" in meta and (not _is_number(meta["leak_correction"]) or not 0 <= meta["leak_correction"] <= 1):
-        c.fail("leak_correction", "a share between 0 and 1", meta["leak_correction"])
+    if "leak_correction" in meta and meta["leak_correction"] != "auto" and (
+            not _is_number(meta["leak_correction"]) or not 0 <= meta["leak_correction"] <= 1):
+        c.fail("leak_correction", "a share between 0 and 1, or \"auto\"", meta["leak_correction"])
     if "back_projection" in meta and (not _is_int(meta["back_projection"]) or meta["back_projection"] < 0):
         c.fail("back_projection", "a whole number of steps >= 0", meta["back_projection"])
     for name in ("config", "lineage", "metrics"):

@@ -10,6 +10,7 @@ import numpy as np
 
 from .. import __version__
 from ..engine.model_dir import TrainedModel
+from ..config import LEAK_AUTO, LEAK_AUTO_MAX
 from ..tasks.denoise import LEAK_MAX_WEIGHT, LEAK_PROBE, LEAK_WINDOW
 from .graph import GraphSpec
 
@@ -39,6 +40,18 @@ def cover(raw_norm: np.ndarray, output: np.ndarray, spec: GraphSpec, path: Path)
 
 
 # ---------------------------------------------------------------------------------------------- README
+
+
+def _leak_words(share: Any) -> str:
+    """How the leak-correction share f of a model is set, for its docs."""
+    if share != LEAK_AUTO:
+        return f"f = {_fmt(share)}"
+    return ("f chosen per image by Stein's unbiased risk estimate: with d = output - input, K = J / (1 - J), R = "
+            f"`(second - first) * s / {LEAK_PROBE:g}` per pixel (not averaged) and s2 the noise variance per pixel "
+            "(napari-emssl: the squared 1.4826 x median absolute deviation of the finest diagonal Haar details "
+            "`(a - b - c + d) / 2` of the 2 x 2 blocks of the input, in 16 equal-count bins of the neighbours-only "
+            "estimate (output - J input) / (1 - J), fitted as a straight line in it), f = (sum s2 K (1 - R) - sum K d^2) "
+            f"/ sum K^2 d^2, clipped to [0, {LEAK_AUTO_MAX:g}]")
 
 
 def _fmt(value: Any) -> str:
@@ -89,7 +102,7 @@ def readme(model: TrainedModel, name: str, spec: GraphSpec, weights: dict[str, f
                       "(s: a random sign, +1 or -1, per pixel), takes J = the Gaussian mean (sigma "
                       f"{LEAK_WINDOW:g} px) of `(second - first) * s / {LEAK_PROBE:g}`, clipped to [0, {LEAK_MAX_WEIGHT:g}], "
                       "the weight the network gives each pixel's own value, and returns `output - f * J / (1 - J) * "
-                      f"(input - output)` with f = {_fmt(meta['leak_correction'])}. It is not part of the exported graph "
+                      f"(input - output)` with {_leak_words(meta['leak_correction'])}. It is not part of the exported graph "
                       "(it needs a second pass): add it after the graph, before the mean correction, to get "
                       "napari-emssl's result."]
         if task == "denoise" and meta.get("mean_correction"):
