@@ -56,9 +56,11 @@ that sees every pixel at inference lets a share of that pixel's own noise throug
 what it predicts from the neighbours alone and ``J = d out_i / d y_i`` the weight it gives the
 pixel itself. On smooth images that weight is higher than the best one (on the smooth detector
 benchmark image about 0.04-0.05 where taking all of it out is best), on images with detail at
-the pixel scale it is about right (docs/benchmarks.md, "Leak correction"). The default share,
-0.5, gains as much as 0.75 on average over the benchmark runs (8-view; more with one view) and
-loses at most 0.14 dB, against 0.46 dB for 0.75 on an ssTEM slice. ``J`` is measured with one
+the pixel scale it is about right (docs/benchmarks.md, "Leak correction"). The default,
+``"auto"``, chooses the share for each slice (:func:`correct_leak`): Stein's unbiased risk
+estimate of the corrected output's error is quadratic in ``f`` (:func:`sure_leak_share`), given
+the noise variance, which :func:`noise_variance` estimates from the slice itself; clipped to
+``[0, LEAK_AUTO_MAX]``. A fixed share (0.5 was the default before) is still a choice. ``J`` is measured with one
 more pass of the network on the input plus a random ``+-`` probe (:func:`leak_probe`): the
 change of each output pixel times its own probe sign, divided by the probe size, averaged over a
 Gaussian window of 8 px (where the other pixels' probes, of independent signs, cancel;
