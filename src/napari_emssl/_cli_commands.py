@@ -234,7 +234,7 @@ def predict(args) -> int:
             if progress is not None and progress.bar is not None:
                 progress.bar.close()
             if event.status == "done":
-                print(f"{event.path} -> {event.output} ({event.seconds:.1f} s)")
+                print(f"{event.path} -> {event.output} ({event.seconds:.1f} s{'; ' + event.note if event.note else ''})")
             elif event.status == "skipped":
                 print(f"{event.path}: skipped, {event.reason}")
             elif event.status == "failed":

@@ -176,7 +176,7 @@ def iter_predict_files(
             continue
         file_started = time.perf_counter()
         try:
-            pixels = yield from _predict_file(model, path, out, prob_outs[index] if prob_outs else None, config, fmt, cancel)
+            done = yield from _predict_file(model, path, out, prob_outs[index] if prob_outs else None, config, fmt, cancel)
         except EmsslError as exc:
             reason = str(exc)
         except MemoryError:
@@ -184,14 +184,15 @@ def iter_predict_files(
         except Exception as exc:  # noqa: BLE001 - one bad file never stops the batch; the reason is reported
             reason = f"{type(exc).__name__}: {exc}"
         else:
-            if pixels is None:  # stopped
+            if done is None:  # stopped
                 summary.seconds = time.perf_counter() - started
                 yield FileEnded(index, count, str(path), str(out), "stopped", "stopped before it was complete; nothing written")
                 yield RunCancelled(step=index, seconds=summary.seconds, result=summary)
                 return
             summary.done.append((str(path), str(out)))
+            pixels, note = done
             summary.megapixels += pixels / 1e6
-            yield FileEnded(index, count, str(path), str(out), "done", seconds=time.perf_counter() - file_started)
+            yield FileEnded(index, count, str(path), str(out), "done", seconds=time.perf_counter() - file_started, note=note)
             continue
         summary.failed.append((str(path), reason))
         yield FileEnded(index, count, str(path), str(out), "failed", reason, time.perf_counter() - file_started)
@@ -201,8 +202,9 @@ def iter_predict_files(
 
 def _predict_file(model: TrainedModel, path: Path, out: Path, prob_out: Path | None, config: PredictConfig, fmt: str,
                   cancel: CancelToken | None):
-    """One input streamed to its output(s); yields its prediction events, returns its pixel count (None if stopped)."""
+    """One input streamed to its output(s); yields its prediction events, returns ``(pixel count, note)`` (None if stopped)."""
     from .prediction import iter_apply
+    from .tasks.denoise import leak_share_text
     from .tasks.superres import output_scale
 
     image, meta = open_lazy(path)
@@ -228,7 +230,7 @@ def _predict_file(model: TrainedModel, path: Path, out: Path, prob_out: Path | N
             if isinstance(event, RunCancelled):
                 return None
             if isinstance(event, RunFinished):
-                return _pixels(image)
+                return _pixels(image), leak_share_text((event.result.get("info") or {}).get("leak_shares", []))
             yield event  # the file's own RunStarted, PredictionTile and PredictionSlice events
         return None
     finally:
@@ -260,6 +262,7 @@ def iter_predict_to_zarr(
     leaves the slices done so far (the rest stays 0). Class probabilities are not streamed.
     """
     from .prediction import iter_apply
+    from .tasks.denoise import leak_share_text
     from .tasks.superres import output_scale
 
     config = config or PredictConfig()

@@ -292,9 +292,12 @@ def test_denoise_and_superres_round_trip(capsys, files, tmp_path, monkeypatch):
     monkeypatch.setattr("napari_emssl.tasks.denoise.own_pixel_weight", lambda plain, *_: np.full_like(plain, 0.2))
     for folder, extra in (("p_leak", ("--leak-correction", "0.5")), ("p_noleak", ("--leak-correction", "0")),
                           ("p_auto", ("--leak-correction", "auto"))):  # float results
-        code, _, err = run(capsys, "predict", "--model", tmp_path / "dn", "--input", files["image"], "--out",
-                           tmp_path / folder, "--device", "cpu", *extra)
+        code, out, err = run(capsys, "predict", "--model", tmp_path / "dn", "--input", files["image"], "--out",
+                             tmp_path / folder, "--device", "cpu", *extra)
         assert code == 0, err
+        # the share used is said beside each file (none when the correction is off)
+        assert ("leak correction share" in out) == (folder != "p_noleak"), out
+        assert folder != "p_leak" or "leak correction share 0.50" in out, out
     # the model's share overridden: another result
     leak, no_leak = read_image(tmp_path / "p_leak" / "cells.tif")[0], read_image(tmp_path / "p_noleak" / "cells.tif")[0]
     assert not np.array_equal(leak, no_leak)

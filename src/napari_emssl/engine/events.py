@@ -92,6 +92,7 @@ class FileEnded:
     status: str
     reason: str = ""
     seconds: float = 0.0
+    note: str = ""  # done: what the user should know of the result (e.g. the leak-correction shares used)
 
 
 @dataclass(frozen=True)
