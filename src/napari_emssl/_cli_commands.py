@@ -16,7 +16,7 @@ from .engine.cancel import CancelToken
 from .engine.events import PredictionTile, Preview, RunCancelled, RunFinished, RunStarted, StepEnd
 from .errors import InputError
 from .io import read_image, write_image
-from .tasks.denoise import leak_share_text
+from .tasks.denoise_corrections import leak_share_text
 
 
 class Progress:

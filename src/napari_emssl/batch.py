@@ -204,7 +204,7 @@ def _predict_file(model: TrainedModel, path: Path, out: Path, prob_out: Path | N
                   cancel: CancelToken | None):
     """One input streamed to its output(s); yields its prediction events, returns ``(pixel count, note)`` (None if stopped)."""
     from .prediction import iter_apply
-    from .tasks.denoise import leak_share_text
+    from .tasks.denoise_corrections import leak_share_text
     from .tasks.superres import output_scale
 
     image, meta = open_lazy(path)
@@ -262,7 +262,6 @@ def iter_predict_to_zarr(
     leaves the slices done so far (the rest stays 0). Class probabilities are not streamed.
     """
     from .prediction import iter_apply
-    from .tasks.denoise import leak_share_text
     from .tasks.superres import output_scale
 
     config = config or PredictConfig()

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import LEAK_AUTO, PredictConfig
+from .config import PredictConfig
 from .data.normalize import NormStats, percentile_normalize, subsample
 from .data.tiling import Cancelled, iter_tiled, tile_count
 from .data.validate import check_float32_range, count_nonfinite, is_constant
@@ -31,7 +31,7 @@ from .engine.model_dir import TrainedModel
 from .engine.device import release_device_memory, resolve_device
 from .engine.predictor import auto_batch_size, choose_tiling, forward_fn
 from .errors import InputError, ModelFormatError
-from .tasks.denoise import correct_leak, mean_correction, probed_input
+from .tasks.denoise_corrections import correct_leak, leak_setting, mean_correction, probed_input
 from .tasks.superres import back_project
 from .tasks.segmentation import probabilities_to_labels, z_neighbour_mean
 
@@ -178,14 +178,14 @@ class RestorePlanes(_Planes):
             raise ModelFormatError(f"a {self.task} model has one output channel, this one has {model.meta['out_channels']}")
         self.factor = int(model.meta.get("factor", 1)) if self.task == "superres" else 1
         self.fn = forward_fn(model.net, device, amp=config.amp, activation="none")
-        # self-supervised denoising: sigma (px) of the residual's low-pass added back (tasks/denoise.py; 0 or absent: none)
+        # self-supervised denoising: sigma (px) of the residual's low-pass added back (tasks/denoise_corrections.py; 0 or absent: none)
         self.mean_correction = float(model.meta.get("mean_correction", 0.0)) if self.task == "denoise" else 0.0
-        # self-supervised denoising: share of the own-pixel weight taken out (tasks/denoise.py; 0 or absent: none)
-        # or "auto": chosen per slice (tasks/denoise.py); the shares used, one per slice, in leak_shares
-        self.leak_correction = _leak_share(model.meta.get("leak_correction", 0.0)) if self.task == "denoise" else 0.0
+        # self-supervised denoising: share of the own-pixel weight taken out (tasks/denoise_corrections.py; 0 or absent:
+        # none) or "auto": chosen per slice; the shares used, one per slice, in leak_shares
+        self.leak_correction = leak_setting(model.meta.get("leak_correction", 0.0)) if self.task == "denoise" else 0.0
         paired = bool(((model.meta.get("lineage") or {}).get("finetune") or {}).get("paired"))
         if config.leak_correction is not None and self.task == "denoise" and not paired:  # the user's choice at Apply
-            self.leak_correction = _leak_share(config.leak_correction)
+            self.leak_correction = leak_setting(config.leak_correction)
         self.leak_shares: list[float] = []
         # self-supervised super-resolution: steps of back-projection onto the input (tasks/superres.py; 0 or absent: none)
         self.back_projection = int(model.meta.get("back_projection", 0)) if self.task == "superres" else 0
@@ -361,11 +361,6 @@ def _apply(model, net, image, shape, config, make_sinks, device, cancel, name) -
     info["megapixels_per_s"] = float(np.prod(shape)) / 1e6 / max(seconds, 1e-9)
     yield RunFinished(result={"sinks": sinks, "seconds": seconds, "info": info,
                               "scale_factor": getattr(planes, "factor", 1)}, seconds=seconds)
-
-
-def _leak_share(value: Any) -> float | str:
-    """A leak-correction setting as prediction uses it: "auto", or the share as a float."""
-    return LEAK_AUTO if value == LEAK_AUTO else float(value)
 
 
 def _abort(sinks: dict[str, Any]) -> None:

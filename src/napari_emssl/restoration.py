@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import LEAK_AUTO, FinetuneConfig, PredictConfig
+from .config import FinetuneConfig, PredictConfig
 from .data.normalize import NormStats, percentile_normalize
 from .data.patches import PatchSampler
 from .data.validate import check_image, is_constant
@@ -278,9 +278,7 @@ def model_back_projection(task: str, config: FinetuneConfig, *, paired: bool) ->
 
 def model_leak_correction(task: str, config: FinetuneConfig, *, paired: bool) -> float | str:
     """The share of the own-pixel weight a model takes out after prediction, or "auto": self-supervised denoising only (0: none)."""
-    if task != "denoise" or paired:
-        return 0.0
-    return LEAK_AUTO if config.leak_correction == LEAK_AUTO else float(config.leak_correction)
+    return denoise.leak_setting(config.leak_correction) if task == "denoise" and not paired else 0.0
 
 
 def _total_steps(config: FinetuneConfig, image: np.ndarray, patch: int) -> int:

@@ -289,7 +289,7 @@ def test_denoise_and_superres_round_trip(capsys, files, tmp_path, monkeypatch):
     np.testing.assert_array_equal(read_image(tmp_path / "p_tta" / "cells.tif")[0], result)
     assert not np.array_equal(read_image(tmp_path / "p_plain" / "cells.tif")[0], result)
     # a network trained for 3 steps gives its pixels no own weight to take out: measure a fixed one instead
-    monkeypatch.setattr("napari_emssl.tasks.denoise.own_pixel_weight", lambda plain, *_: np.full_like(plain, 0.2))
+    monkeypatch.setattr("napari_emssl.tasks.denoise_corrections.own_pixel_weight", lambda plain, *_: np.full_like(plain, 0.2))
     for folder, extra in (("p_leak", ("--leak-correction", "0.5")), ("p_noleak", ("--leak-correction", "0")),
                           ("p_auto", ("--leak-correction", "auto"))):  # float results
         code, out, err = run(capsys, "predict", "--model", tmp_path / "dn", "--input", files["image"], "--out",

@@ -6,7 +6,7 @@ from typing import Any
 
 from napari.layers import Layer
 
-from ..tasks.denoise import leak_share_text
+from ..tasks.denoise_corrections import leak_share_text
 
 from ._layers import (
     class_colormap,

@@ -26,9 +26,9 @@ MASK_REPLACEMENTS = ("mean", "neighbour")
 #: the training loss of self-supervised denoising (see ``tasks/denoise.py``): blind spot plus the re-visible term, or the
 #: blind-spot loss alone
 DENOISE_LOSSES = ("re-visible", "blind-spot")
-#: self-supervised denoising: sigma (px) of the low-pass of the residual added back after prediction (see ``tasks/denoise.py``)
+#: self-supervised denoising: sigma (px) of the low-pass of the residual added back after prediction (see ``tasks/denoise_corrections.py``)
 MEAN_CORRECTION = 16.0
-#: self-supervised denoising: the leak-correction share chosen per slice after prediction (see ``tasks/denoise.py``)
+#: self-supervised denoising: the leak-correction share chosen per slice after prediction (see ``tasks/denoise_corrections.py``)
 LEAK_AUTO = "auto"
 #: the largest share LEAK_AUTO chooses (at 1 the output is the neighbours-only estimate, which loses on average)
 LEAK_AUTO_MAX = 0.75

@@ -11,7 +11,7 @@ import numpy as np
 from .. import __version__
 from ..engine.model_dir import TrainedModel
 from ..config import LEAK_AUTO, LEAK_AUTO_MAX
-from ..tasks.denoise import LEAK_MAX_WEIGHT, LEAK_PROBE, LEAK_WINDOW
+from ..tasks.denoise_corrections import LEAK_MAX_WEIGHT, LEAK_PROBE, LEAK_WINDOW
 from .graph import GraphSpec
 
 TASK_WORDS = {"segment": "segmentation", "denoise": "denoising", "bgremove": "background removal",
