@@ -175,7 +175,7 @@ def finetune(args) -> int:
         device=args.device, preview_every_s=0, factor=args.factor, mask_fraction=args.mask_fraction,
         mask_replace=args.mask_replace, denoise_loss=args.denoise_loss, mean_correction=args.mean_correction,
         leak_correction=args.leak_correction,
-        back_projection=args.back_projection,
+        back_projection=args.back_projection, lattice_pairs=args.lattice_pairs,
     )
     token = CancelToken()
     progress = Progress("fine-tune", args.quiet)

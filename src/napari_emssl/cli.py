@@ -107,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="self-supervised super-resolution: after prediction, N steps of iterative back-projection, so "
                          "that the result downscaled gives back the input; recorded in the model "
                          f"(default {FinetuneConfig.back_projection}; 0: off)")
+    ft.add_argument("--lattice-pairs", action="store_true",
+                    help="self-supervised super-resolution of atomic-resolution images: learn from synthetic "
+                         "atom-column lattices matched to the image's lattice period instead of the image downscaled "
+                         "once more (which fails on lattices: docs/benchmarks.md)")
     common(ft)
 
     pr = sub.add_parser("predict", help="apply a model to images, folders or globs; writes OUT/<input stem>.tif",

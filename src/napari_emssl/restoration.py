@@ -41,7 +41,7 @@ from .engine.model_dir import TrainedModel, build_meta
 from .engine.predictor import choose_tiling, forward_fn
 from .engine.trainer import TrainState
 from .errors import InputError
-from .tasks import bgremove, denoise, superres
+from .tasks import bgremove, denoise, superres, superres_lattice
 from .tasks.metrics import restoration_metrics
 from .tasks.restoration import PairedPatchSampler
 
@@ -135,6 +135,14 @@ def _init_task(init: str) -> str | None:
         return None
 
 
+def check_lattice_pairs(image: np.ndarray, paired: bool) -> None:
+    """Refuse synthetic lattice pairs with a target (then the training is paired) or on an image without a lattice."""
+    if paired:
+        raise InputError("Synthetic lattice pairs replace the pairs made from the image itself; with a target image the "
+                         "training is paired. Choose one of the two.")
+    superres_lattice.find_period(image)
+
+
 def _loss_fn(config: FinetuneConfig, norm: np.ndarray, tnorm: np.ndarray | None, patch: int, multiple: int,
              device: torch.device, progress: Callable[[], float]) -> tuple[Any, dict[str, Any]]:
     """The trainer's loss function for the task and mode, and what to report about it.
@@ -161,6 +169,11 @@ def _loss_fn(config: FinetuneConfig, norm: np.ndarray, tnorm: np.ndarray | None,
         sampler = PairedPatchSampler(norm, tnorm, patch, seed=seed, noise=False)
         return bgremove.make_bgremove_loss_fn(bs, device, sample=sampler.sample), {"mode": "paired"}
     factor = config.factor
+    if tnorm is None and config.lattice_pairs:
+        settings, period = superres_lattice.lattice_settings(norm, factor, patch)
+        info = {"mode": "synthetic lattice pairs", "lattice_period_px": round(period, 2),
+                "lattice_constants_px": [round(v, 2) for v in settings.spacing]}
+        return superres_lattice.make_lattice_loss_fn(settings, bs, device, factor, patch, seed=seed), info
     if tnorm is None:
         sampler = PatchSampler(norm, None, patch, seed=seed, noise=False)
         return superres.make_superres_loss_fn(sampler.sample, bs, device, factor), {"mode": "self-supervised (downscaled pairs)"}
@@ -197,6 +210,8 @@ def iter_finetune_restoration(
     image = check_image(image)
     if target is not None:
         target = check_target(target, image.shape, factor)
+    if config.lattice_pairs:
+        check_lattice_pairs(image, target is not None)
     check_restorable(image, task, factor, target is not None)
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)

@@ -325,6 +325,24 @@ def test_denoise_and_superres_round_trip(capsys, files, tmp_path, monkeypatch):
                          tmp_path / "sr0", "--steps", "1", "--back-projection", "0", *TINY)
     assert code == 0, err
     assert json.loads((tmp_path / "sr0" / "model.json").read_text())["back_projection"] == 0
+    code, _, err = run(capsys, "finetune", "--task", "denoise", "--image", files["image"], "--out", tmp_path / "sr_bad",
+                       "--lattice-pairs", *TINY)
+    assert code == 1 and not (tmp_path / "sr_bad").exists()
+    assert_one_line_error(err, "lattice pairs are for super-resolution")
+    from napari_emssl.data.synthetic import Lattice, render_columns
+
+    lattice = Lattice(a1=(0.0, 11.0), a2=(11.0, 0.0), sigmas=(1.6,))
+    write_image(tmp_path / "lattice.tif", (1000 * render_columns((96, 96), *lattice.columns((96, 96), 4.0))).astype(np.uint16))
+    code, _, err = run(capsys, "finetune", "--task", "superres", "--image", tmp_path / "lattice.tif", "--out",
+                       tmp_path / "sr_lattice", "--steps", "1", "--lattice-pairs", *TINY)
+    assert code == 0, err
+    meta = json.loads((tmp_path / "sr_lattice" / "model.json").read_text())
+    assert meta["lineage"]["finetune"]["mode"] == "synthetic lattice pairs" and meta["config"]["lattice_pairs"] is True
+    write_image(tmp_path / "noise.tif", np.random.default_rng(0).normal(100, 10, (96, 96)).astype(np.float32))
+    code, _, err = run(capsys, "finetune", "--task", "superres", "--image", tmp_path / "noise.tif", "--out",
+                       tmp_path / "sr_bad", "--lattice-pairs", *TINY)
+    assert code == 1 and not (tmp_path / "sr_bad").exists()
+    assert_one_line_error(err, "No atomic lattice was found")
     code, _, err = run(capsys, "finetune", "--task", "superres", "--image", files["image"], "--out", tmp_path / "sr_bad",
                        "--back-projection", "-2", *TINY)
     assert code == 1 and not (tmp_path / "sr_bad").exists()

@@ -460,6 +460,52 @@ def test_superres_paired_x4_and_target_shape_checked(tiny_config):
         api.predict(result.model, low, PredictConfig(device="cpu"), target=low)
 
 
+def _lattice_image(shape=(96, 96), period=11.0, seed=0):
+    from napari_emssl.data.synthetic import Lattice, render_columns
+
+    lattice = Lattice(a1=(0.0, period), a2=(period, 0.0), sigmas=(1.6,))
+    image = render_columns(shape, *lattice.columns(shape, 4.0))
+    return (1000.0 * image + np.random.default_rng(seed).normal(0.0, 5.0, shape)).astype(np.float32)
+
+
+def test_superres_lattice_pairs_match_the_image_lattice_and_train(tiny_config):
+    """Synthetic lattice pairs: constants from the image's period times the factor, inputs the area-downscaled
+    scenes on the input's intensity map; fine-tuning records the mode and the period and learns to beat bicubic."""
+    from napari_emssl.data.degrade import downscale_area
+    from napari_emssl.tasks import superres_lattice
+
+    image = _lattice_image()
+    assert superres_lattice.find_period(image) == pytest.approx(11.0, rel=0.06)
+    settings, period = superres_lattice.lattice_settings(image, 2, 128)
+    assert settings.spacing == pytest.approx((0.8 * 2 * period, 1.4 * 2 * period))
+    assert superres_lattice.lattice_settings(image, 4, 64)[0].spacing == (32.0, 32.0)  # capped at half the patch
+    low, high = superres_lattice.lattice_pairs(np.random.default_rng(0), settings, 3, 64, 2)
+    assert low.shape == (3, 1, 32, 32) and high.shape == (3, 1, 64, 64)
+    np.testing.assert_allclose(downscale_area(high[:, 0], 2), low[:, 0], atol=1e-5)
+    assert np.percentile(low, 1) == pytest.approx(0.0, abs=0.02) and np.percentile(low, 99.8) == pytest.approx(1.0, abs=0.02)
+    result = api.finetune(image, config=tiny_config(task="superres", steps=60, lr=3e-3, lattice_pairs=True))
+    lineage = result.model.meta["lineage"]["finetune"]
+    assert lineage["mode"] == "synthetic lattice pairs" and lineage["lattice_period_px"] == pytest.approx(11.0, rel=0.06)
+    assert result.model.meta["config"]["lattice_pairs"] is True and result.model.meta["back_projection"] == 5
+    log = result.model.log
+    assert np.mean([r["l1"] for r in log[-10:]]) < np.mean([r["bicubic_l1"] for r in log[-10:]])
+    assert api.predict(result.model, image, PredictConfig(device="cpu")).image.shape == (192, 192)
+
+
+def test_superres_lattice_pairs_refused_without_a_lattice_with_a_target_or_for_other_tasks(tiny_config):
+    noise = np.random.default_rng(1).normal(100.0, 10.0, (96, 96)).astype(np.float32)
+    with pytest.raises(InputError, match="No atomic lattice was found"):
+        api.finetune(noise, config=tiny_config(task="superres", lattice_pairs=True))
+    image = _lattice_image()
+    with pytest.raises(InputError, match="with a target image the training is paired"):
+        api.finetune(image, config=tiny_config(task="superres", lattice_pairs=True), target=upscale_bicubic(image, 2))
+    with pytest.raises(InputError, match="lattice pairs are for super-resolution"):
+        FinetuneConfig(task="denoise", lattice_pairs=True)
+    with pytest.raises(InputError, match="lattice_pairs must be true or false"):
+        FinetuneConfig(task="superres", lattice_pairs="yes")
+    assert FinetuneConfig().lattice_pairs is False
+
+
 def test_superres_output_geometry():
     assert superres.output_scale((40.0, 2.0, 2.0), 2) == (40.0, 1.0, 1.0)
     # four output pixels cover source pixel 0 (centre 0): their centres are at -0.375 .. 0.375

@@ -100,6 +100,7 @@ def test_superres_with_a_target_layer_shows_psnr_and_overlays(qtbot, viewer_widg
     assert not finetune.task_rows.loss_combo.isVisibleTo(finetune)
     assert not finetune.task_rows.mean_spin.isVisibleTo(finetune)
     assert not finetune.task_rows.leak_combo.isVisibleTo(finetune)
+    assert finetune.task_rows.pairs_combo.isVisibleTo(finetune) and finetune.config().lattice_pairs is False
     assert finetune.start()
     wait_idle(finetune)
     assert not notes.errors(), notes.errors()
@@ -141,4 +142,31 @@ def test_restoration_bad_input_is_refused_before_training(qtbot, viewer_widgets,
     finetune.image_combo.set_layer(small)
     assert finetune.start() is False
     assert any("at least 64 x 64" in e for e in notes.errors())
+    finetune.task_rows.factor_combo.setCurrentIndex(finetune.task_rows.factor_combo.findData(2))
+    finetune.task_rows.pairs_combo.setCurrentIndex(finetune.task_rows.pairs_combo.findData(True))
+    noise = viewer.add_image(np.random.default_rng(1).normal(100, 10, (96, 96)).astype(np.float32), name="no lattice")
+    finetune.image_combo.set_layer(noise)
+    assert finetune.start() is False
+    assert any("No atomic lattice was found" in e for e in notes.errors())
     assert not finetune.bridge.running
+
+
+def test_superres_from_synthetic_lattice_pairs_in_the_widget(qtbot, viewer_widgets, notes, wait_idle):
+    from napari_emssl.data.synthetic import Lattice, render_columns
+
+    viewer, finetune, _ = viewer_widgets
+    lattice = Lattice(a1=(0.0, 11.0), a2=(11.0, 0.0), sigmas=(1.6,))
+    columns = render_columns((96, 96), *lattice.columns((96, 96), 4.0))
+    layer = viewer.add_image((1000 * columns).astype(np.uint16), name="lattice")
+    _choose_task(finetune, "superres", steps=3)
+    finetune.image_combo.set_layer(layer)
+    finetune.task_rows.pairs_combo.setCurrentIndex(finetune.task_rows.pairs_combo.findData(True))
+    assert finetune.config().lattice_pairs is True
+    _choose_task(finetune, "denoise")
+    assert finetune.config().lattice_pairs is False  # a super-resolution setting only
+    _choose_task(finetune, "superres", steps=3)
+    assert finetune.start()
+    wait_idle(finetune)
+    assert not notes.errors(), notes.errors()
+    lineage = finetune.trained_model.meta["lineage"]["finetune"]
+    assert lineage["mode"] == "synthetic lattice pairs" and lineage["steps"] == 3

@@ -212,7 +212,7 @@ class FinetuneWidget(ChoosesInit, EndsTrainingRun, StopsRunOnClose, QWidget):
                       patch_size=self.patch_spin.value(), lr=self.lr_spin.value(),
                       preview_every_s=self.preview_spin.value(), mask_replace=self.task_rows.mask_replace(),
                       denoise_loss=self.task_rows.denoise_loss(), mean_correction=self.task_rows.mean_correction(),
-                      leak_correction=self.task_rows.leak_correction())
+                      leak_correction=self.task_rows.leak_correction(), lattice_pairs=self.task_rows.lattice_pairs())
         values.update(self.config_overrides)
         return FinetuneConfig(**values)
 
@@ -250,7 +250,7 @@ class FinetuneWidget(ChoosesInit, EndsTrainingRun, StopsRunOnClose, QWidget):
             labels = snapshot_labels(labels_layer)
             check_trainable(check_labels(labels, image.shape))
         else:
-            from ..restoration import check_restorable, check_target
+            from ..restoration import check_lattice_pairs, check_restorable, check_target
 
             target_layer, factor = self.task_rows.target_layer(), self.task_rows.factor()
             if target_layer is image_layer:
@@ -258,6 +258,8 @@ class FinetuneWidget(ChoosesInit, EndsTrainingRun, StopsRunOnClose, QWidget):
             if target_layer is not None:
                 target = check_target(snapshot_image(target_layer), image.shape, factor)
             check_restorable(image, config.task, factor, target is not None)
+            if config.lattice_pairs:
+                check_lattice_pairs(image, target is not None)
         return {"image": image, "labels": labels, "target": target, "config": config, "source": image_layer.name,
                 "shape": image.shape, "task": config.task, "factor": self.task_rows.factor(),
                 "spatial": spatial_kwargs(image_layer), "preview_z": current_slice(self.viewer, image_layer),

@@ -24,7 +24,8 @@ HINTS = {
     "segment": "paint 1 = background, 2, 3, … = structures",
     "denoise": "learns from the noisy image itself (blind spot); a clean target image makes it paired",
     "bgremove": "synthetic atom-column pairs matched to the image; a background-free target makes it paired",
-    "superres": "learns from the image downscaled further; a high-resolution target makes it paired",
+    "superres": "learns from the image downscaled further (atomic lattices: synthetic lattices); a high-resolution "
+                "target makes it paired",
 }
 # what a hidden pixel shows in self-supervised denoising (FinetuneConfig.mask_replace)
 MASK_CHOICES = (
@@ -59,6 +60,15 @@ LEAK_TIP = ("After denoising, take out a share of the weight the network gives e
             "Stein's unbiased risk estimate expects to be best for each slice, from 0 to 0.75 (high on smooth images, "
             "low on images with detail at the pixel scale; docs/benchmarks.md, 'Leak correction'). 0: off; 1: each "
             "pixel from its neighbours alone.")
+# what self-supervised super-resolution learns from (FinetuneConfig.lattice_pairs)
+PAIRS_CHOICES = (
+    ("the image downscaled further", False),
+    ("synthetic atom-column lattices", True),
+)
+PAIRS_TIP = ("Without a target, super-resolution learns from the image downscaled once more, assuming it looks alike one "
+             "scale up. An atomic lattice does not (its columns keep their size), and there that loses against bicubic "
+             "upsampling. For atomic-resolution images, choose synthetic atom-column lattices matched to the image's "
+             "lattice period: +0.8 to +0.9 dB over bicubic on two STEM lattices (docs/benchmarks.md).")
 TARGET_TIPS = {
     "denoise": "Optional: a clean (e.g. high-dose) image of the same field of view, in the image's intensity units",
     "bgremove": "Optional: the same field of view without noise and background, in the image's intensity units",
@@ -99,6 +109,8 @@ class TaskRows(QWidget):
         self.hint.setWordWrap(True)
         self._target_label = QLabel("Target", parent)
         self._factor_label = QLabel("Factor", parent)
+        self.pairs_combo = _choice_combo(parent, PAIRS_CHOICES, FinetuneConfig.lattice_pairs, PAIRS_TIP)
+        self._pairs_label = QLabel("Learn from", parent)
         self.task_combo.currentIndexChanged.connect(lambda _: self._update())
 
     def add_to(self, form: QFormLayout, labels_row_widgets: tuple[QWidget, ...]) -> None:
@@ -107,6 +119,7 @@ class TaskRows(QWidget):
         self._labels_widgets = labels_row_widgets
         form.addRow(self._target_label, self.target_combo)
         form.addRow(self._factor_label, self.factor_combo)
+        form.addRow(self._pairs_label, self.pairs_combo)
         form.addRow(self._mask_label, self.mask_combo)
         form.addRow(self._loss_label, self.loss_combo)
         form.addRow(self._leak_label, self.leak_combo)
@@ -138,6 +151,10 @@ class TaskRows(QWidget):
         """The share of the own-pixel weight taken out in self-supervised denoising, or "auto" (the default for the other tasks)."""
         return self.leak_combo.currentData() if self.task() == "denoise" else FinetuneConfig.leak_correction
 
+    def lattice_pairs(self) -> bool:
+        """Whether self-supervised super-resolution learns from synthetic lattices (False for the other tasks)."""
+        return bool(self.pairs_combo.currentData()) if self.task() == "superres" else False
+
     def target_layer(self):
         return self.target_combo.layer() if self.task() != "segment" else None
 
@@ -154,6 +171,8 @@ class TaskRows(QWidget):
         self.target_combo.setToolTip(TARGET_TIPS.get(task, ""))
         self._factor_label.setVisible(task == "superres")
         self.factor_combo.setVisible(task == "superres")
+        self._pairs_label.setVisible(task == "superres")
+        self.pairs_combo.setVisible(task == "superres")
         for widget in (self._mask_label, self.mask_combo, self._loss_label, self.loss_combo, self._mean_label, self.mean_spin,
                        self._leak_label, self.leak_combo):
             widget.setVisible(task == "denoise")

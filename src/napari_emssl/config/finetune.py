@@ -119,6 +119,9 @@ class FinetuneConfig:
     # self-supervised super-resolution: steps of iterative back-projection after prediction, which make the result's
     # factor x factor block means the input's (the degradation the training pairs assume); recorded in the model. 0: off
     back_projection: int = BACK_PROJECTION
+    # self-supervised super-resolution: learn from synthetic atom-column lattices matched to the image's lattice period
+    # (tasks/superres_lattice.py) instead of the image downscaled once more; for atomic-resolution images
+    lattice_pairs: bool = False
     schema_version: int = SCHEMA_VERSION
 
     DEFAULT_STEPS = 600
@@ -156,6 +159,10 @@ class FinetuneConfig:
         _leak_share(self.leak_correction, "1 (all of the pixel's own weight)")
         if isinstance(self.back_projection, bool) or not isinstance(self.back_projection, int) or not 0 <= self.back_projection <= 100:
             raise InputError(f"back_projection must be a whole number of steps from 0 (off) to 100, got {self.back_projection!r}")
+        if not isinstance(self.lattice_pairs, bool):
+            raise InputError(f"lattice_pairs must be true or false, got {self.lattice_pairs!r}")
+        if self.lattice_pairs and self.task != "superres":
+            raise InputError(f"lattice pairs are for super-resolution (task 'superres'), not {self.task!r}")
         if self.patch_size < 16:
             raise InputError(f"patch_size must be at least 16 pixels, got {self.patch_size}")
         for name in ("lr", "weight_decay", "dice_weight", "preview_every_s"):
