@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -20,6 +21,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from report_superres import superres_lattice_lines  # noqa: E402
 DOCS = HERE.parent / "docs"
 HELD_OUT = ("stem_abf", "sem_nanowires_05", "sem_nanowires_12", "sstem_stack1")  # restoration.HELD_OUT
 
@@ -727,45 +731,6 @@ def steps_notes(runs: list[dict], main: dict, task: str) -> list[str]:
             "training does not carry the detector image over the target: its 8-view result falls, while the textured SEM "
             "image gains a little; the default stays at the steps of the main table, which cost a user on this CPU about "
             "ten minutes for a 512 x 512 image."]
-
-
-def superres_synthetic_section(runs: list[dict]) -> list[str]:
-    """Super-resolution of lattices trained on synthetic lattice pairs (``superres_synthetic_pairs_*.json``)."""
-    runs = sorted(runs, key=lambda r: (r["image"], r["share"]))
-    lines = ["### Synthetic lattice pairs for atomic-resolution images",
-             "",
-             "An atomic lattice does not look alike one scale up (its columns keep their size in the specimen), which is "
-             "why the pairs made by downscaling the image once more fail on it. Here a share of each batch is synthetic "
-             "instead: clean atom-column scenes (the generator of the bundled background-removal weights: lattices, grain "
-             "boundaries, amorphous regions, backgrounds) with lattice constants of 0.8-1.4 times the lattice period found "
-             "in the small image, taken at the scale the network is applied at, area-downscaled by 2 as input; everything "
-             "else is `emssl finetune --task superres` (bundled weights, 600 steps, seed 0). Share 0 is the package's own "
-             "training. Network alone: without the back-projection the package adds after prediction; as predicted: with "
-             "it (the model's 5 steps). PSNR in dB, one view / 8-view:",
-             "",
-             "| image | held out | synthetic share | period (px, small image) | bicubic | back_projection | network alone | "
-             "as predicted | as predicted, 8-view, minus bicubic |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in runs:
-        p = r["psnr"]
-        lines.append(f"| {r['image']} | {'yes' if r['held_out'] else 'no'} | {r['share']:g} | "
-                     f"{r['period_px']:.1f} | {p['bicubic']:.2f} | {p['back_projection']:.2f} | {p['ours']:.2f} / "
-                     f"{p['ours_tta']:.2f} | {p['ours_bp']:.2f} / {p['ours_tta_bp']:.2f} | {p['ours_tta_bp'] - p['bicubic']:+.2f} |")
-    own = [r for r in runs if r["share"] == 0]
-    if own:
-        gains = [(r["image"], r["psnr"]["ours_bp"] - r["psnr"]["ours"], r["psnr"]["ours_tta_bp"] - r["psnr"]["ours_tta"])
-                 for r in own]
-        lines += ["", "The back-projection after prediction (share 0: the package's own training, the same network with "
-                  "and without it), one view / 8-view: " + ", ".join(f"{i} {a:+.2f} / {b:+.2f} dB" for i, a, b in gains)
-                  + f"; from {min(min(a, b) for _, a, b in gains):+.2f} to {max(max(a, b) for _, a, b in gains):+.2f} dB."]
-    lines += ["", "What it says: matched synthetic lattices move the network from below bicubic to above it on the lattice "
-              "images, and the back-projection adds more there than after the image's own pairs, but the result stays "
-              "short of +1 dB over bicubic; the synthetic columns (Gaussians of random width) are not the specimen's. "
-              "Not used by the package: the lattice detector finds a period in every benchmark image, SEM included, so "
-              "the choice would be the user's, and the gain does not reach the target.",
-              "", f"Device: {runs[0]['device']}, up to four runs at a time. Commands (with `EMSSL_DATA=../shared/data "
-              "PYTHONPATH=src` in front): " + " and ".join(f"`{r['command']}`" for r in runs) + "."]
-    return lines
 
 
 def _bm3d_by_run() -> dict[tuple[str, int], float]:
@@ -1835,9 +1800,7 @@ def main() -> None:
         factors = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob(f"{task}_pair_factors_*.json"))]
         if factors:
             lines += [""] + superres_pair_factors_section(factors, run)
-        synthetic = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob(f"{task}_synthetic_pairs_*.json"))]
-        if synthetic:
-            lines += [""] + superres_synthetic_section(synthetic)
+        lines += superres_lattice_lines(task, run)
         headroom = HERE / "results" / "superres_headroom.json"
         if task == "superres" and headroom.is_file():
             lines += [""] + superres_headroom_section(json.loads(headroom.read_text()), run)

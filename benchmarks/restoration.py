@@ -201,7 +201,8 @@ def run_ours(noisy, args, init=None, **_):
     """Fine-tune with the task's defaults, predict; with ``--tta`` also the 8-view average (row ``<method>_tta``)."""
     config = FinetuneConfig(task=args.task, arch=args.arch, arch_kwargs=args.arch_kwargs, init=init or args.init, device=args.device, preview_every_s=0, steps=args.steps, seed=args.seed,
                             mask_fraction=args.mask_fraction, mask_replace=args.mask_replace, denoise_loss=args.denoise_loss,
-                            mean_correction=args.mean_correction, leak_correction=args.leak_correction)
+                            mean_correction=args.mean_correction, leak_correction=args.leak_correction,
+                            lattice_pairs=args.lattice_pairs)
     result = api.finetune(noisy, config=config)
     out = api.predict(result.model, noisy, PredictConfig(device=args.device, tta=False))
     extra = {"init": result.model.meta["lineage"]["init"].get("init"), "steps": result.steps,
@@ -319,6 +320,8 @@ def main() -> None:
     parser.add_argument("--leak-correction", type=leak_share, default=FinetuneConfig.leak_correction,
                         help="share of the own-pixel weight our denoiser takes out after prediction, 0: off, auto: "
                              "chosen per image (default: the package default)")
+    parser.add_argument("--lattice-pairs", action="store_true",
+                        help="superres: ours learns from synthetic atom-column lattices (emssl finetune --lattice-pairs)")
     parser.add_argument("--tta", action="store_true", help="also score our models with the 8-view test-time average")
     parser.add_argument("--stack", action="store_true",
                         help="also score our models as a stack gets them by default (row <method>_stack: the image as a "
@@ -379,7 +382,8 @@ def main() -> None:
                 "steps": args.steps or FinetuneConfig(task=args.task).default_steps, "n2v": {"epochs": args.n2v_epochs,
                 "steps_per_epoch": args.n2v_steps, "long_epochs": args.n2v_long_epochs, "batch": 16, "patch": 64},
                 "seed": args.seed, "mask_fraction": args.mask_fraction, "mask_replace": args.mask_replace,
-                "denoise_loss": args.denoise_loss, "mean_correction": args.mean_correction, "leak_correction": args.leak_correction, "arch": args.arch, "arch_kwargs": args.arch_kwargs, "held_out": [k for k in args.images if k in HELD_OUT],
+                "denoise_loss": args.denoise_loss, "mean_correction": args.mean_correction, "leak_correction": args.leak_correction,
+                "lattice_pairs": args.lattice_pairs, "arch": args.arch, "arch_kwargs": args.arch_kwargs, "held_out": [k for k in args.images if k in HELD_OUT],
                 "not_pretrained_on": [k for k in args.images if k in NOT_PRETRAINED_ON],
                 "device": (f"{torch.cuda.get_device_name()} (cuda), host " if args.device.startswith("cuda") else "")
                 + device_text(),

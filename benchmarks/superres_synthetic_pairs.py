@@ -37,9 +37,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from superres_pair_factors import bicubic_to, box_down  # noqa: E402
 from restoration import HELD_OUT, IMAGES, device_text, load_clean, run_back_projection  # noqa: E402
 
 from napari_emssl.engine.model_dir import TrainedModel  # noqa: E402
@@ -50,8 +52,9 @@ from napari_emssl.data.degrade import downscale_area, upscale_bicubic  # noqa: E
 from napari_emssl.data.normalize import percentile_normalize  # noqa: E402
 from napari_emssl.data.synthetic import SynthSettings, make_sample  # noqa: E402
 from napari_emssl.tasks import bgremove, superres  # noqa: E402
+from napari_emssl.tasks.denoise_corrections import noise_variance  # noqa: E402
 from napari_emssl.tasks.metrics import restoration_metrics  # noqa: E402
-from napari_emssl.tasks.restoration import to_tensor  # noqa: E402
+from napari_emssl.tasks.restoration import restoration_loss, to_tensor  # noqa: E402
 
 FACTOR = 2
 
@@ -67,24 +70,58 @@ def synthetic_pairs(rng: np.random.Generator, settings: SynthSettings, count: in
     return np.stack(lows)[:, None].astype(np.float32), np.stack(highs)[:, None].astype(np.float32)
 
 
-def mixed_loss_factory(share: float, settings: SynthSettings, seed: int):
-    """A stand-in for ``superres.make_superres_loss_fn`` whose batches are ``share`` synthetic, the rest the image's own."""
+def noise_fit(plane: np.ndarray) -> tuple[float, float]:
+    """``(slope, offset)`` of the plane's noise variance against its level (``denoise_corrections.noise_variance``)."""
+    level = ndimage.gaussian_filter(plane.astype(np.float64), 1.0)
+    variance = noise_variance(plane, level)
+    slope, offset = np.polyfit(level.ravel()[::7], variance.ravel()[::7], 1)
+    return float(slope), float(offset)
+
+
+def add_noise(low: torch.Tensor, fit: tuple[float, float] | None, share: float) -> torch.Tensor:
+    """``low`` plus Gaussian noise of ``share`` times the image's noise variance at each pixel's level."""
+    if fit is None or share <= 0:
+        return low
+    variance = (fit[0] * low + fit[1]).clamp_min(0.0) * share
+    return low + torch.randn_like(low) * variance.sqrt()
+
+
+def mixed_loss_factory(share: float, settings: SynthSettings, seed: int, fit: tuple[float, float] | None = None,
+                       smin: float = FACTOR):
+    """A stand-in for ``superres.make_superres_loss_fn`` whose batches are ``share`` synthetic, the rest the image's own.
+
+    ``fit`` (``noise_fit`` of the normalised small image): the inputs get noise so that theirs
+    matches the small image's: 3/4 of its variance on the image's own pairs (area downscaling by
+    2 already leaves a quarter of it), all of it on the clean synthetic scenes. ``smin`` below
+    2: the image's own pairs are made at a factor drawn from ``[smin, 2]`` per batch
+    (``superres_pair_factors.py``), upsampled back bicubically to the patch size.
+    """
     rng = np.random.default_rng(seed)
 
     def make(sample, batch_size, device, factor=FACTOR, *, paired=False):
         synthetic = int(round(share * batch_size))
 
         def loss_fn(net):
-            lows, highs, size = [], [], None
+            ups, highs, size = [], [], None
             if batch_size - synthetic:
                 x, _ = sample(batch_size - synthetic)
-                low, high = superres.superres_pair(to_tensor(x, device), factor)
-                lows.append(low), highs.append(high)
+                high = to_tensor(x, device)
                 size = x.shape[-1]
+                if smin < factor:
+                    n = max(8, int(round(size / rng.uniform(smin, factor))))
+                    ups.append(bicubic_to(box_down(high, n, n), high.shape[-2:]))
+                else:
+                    low, high = superres.superres_pair(high, factor)
+                    ups.append(superres.upsample_bicubic(add_noise(low, fit, 1.0 - 1.0 / factor**2), factor))
+                highs.append(high)
             if synthetic:
                 low, high = synthetic_pairs(rng, settings, synthetic, size or 128)
-                lows.append(to_tensor(low, device)), highs.append(to_tensor(high, device))
-            return superres.superres_loss(net, torch.cat(lows), torch.cat(highs), factor)
+                ups.append(superres.upsample_bicubic(add_noise(to_tensor(low, device), fit, 1.0), factor))
+                highs.append(to_tensor(high, device))
+            up, high = torch.cat(ups), torch.cat(highs)
+            losses = restoration_loss(up + net(up), high)
+            losses["bicubic_l1"] = torch.nn.functional.l1_loss(up, high).detach()
+            return losses
 
         return loss_fn
 
@@ -96,6 +133,10 @@ def main() -> None:
     parser.add_argument("--image", choices=list(IMAGES), required=True)
     parser.add_argument("--share", type=float, default=1.0, help="share of each batch made of synthetic pairs (0: the package's)")
     parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--smin", type=float, default=FACTOR, help="the image's own pairs at factors drawn from [smin, 2]")
+    parser.add_argument("--match-noise", choices=["off", "image", "reference"], default="off",
+                        help="give the training inputs the small image's noise level, estimated on the small image "
+                             "or (an oracle no user has) on the reference, a quarter of its variance")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, required=True)
@@ -112,7 +153,13 @@ def main() -> None:
         raise SystemExit(f"no lattice period found in {args.image}")
     started = time.perf_counter()
     package_loss = superres.make_superres_loss_fn
-    superres.make_superres_loss_fn = mixed_loss_factory(args.share, settings, args.seed)
+    fit = None
+    if args.match_noise == "image":
+        fit = noise_fit(percentile_normalize(low)[0])
+    elif args.match_noise == "reference":
+        stats = percentile_normalize(low)[1]
+        fit = tuple(v / FACTOR**2 for v in noise_fit(percentile_normalize(clean, stats=stats)[0]))
+    superres.make_superres_loss_fn = mixed_loss_factory(args.share, settings, args.seed, fit, args.smin)
     try:
         config = FinetuneConfig(task="superres", device="cpu", preview_every_s=0, seed=args.seed, steps=args.steps)
         result = api.finetune(low, config=config)
@@ -129,7 +176,8 @@ def main() -> None:
     for name, tta in (("ours", False), ("ours_tta", True)):  # the network alone; then as emssl predict gives it
         scores[name] = psnr(api.predict(bare, low, PredictConfig(device="cpu", tta=tta)).image)
         scores[name + "_bp"] = psnr(api.predict(result.model, low, PredictConfig(device="cpu", tta=tta)).image)
-    row = {"image": args.image, "held_out": args.image in HELD_OUT, "share": args.share, "period_px": period,
+    row = {"image": args.image, "held_out": args.image in HELD_OUT, "share": args.share, "match_noise": args.match_noise, "smin": args.smin,
+           "noise_fit": list(fit) if fit else None, "period_px": period,
            "spacing_px": list(settings.spacing) if period is not None else None, "steps": result.steps,
            "train_seconds": round(train_seconds, 1), "psnr": scores,
            "device": device_text(),
