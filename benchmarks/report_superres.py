@@ -18,6 +18,12 @@ def _load(pattern: str) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(RESULTS.glob(pattern))]
 
 
+def _footer(runs: list[dict], at_a_time: str, env: str = ENV) -> list[str]:
+    """Device, how many runs shared the CPU, and every run's command (with ``env`` in front)."""
+    return ["", f"Device: {runs[0]['device']}, {at_a_time}. Commands (with {env} in front): "
+            + " and ".join(f"`{r['command']}`" for r in runs) + "."]
+
+
 def _own_pairs(r: dict) -> str:
     smin = float(r.get("smin", 2.0))
     return "-" if r["share"] == 1 else ("2" if smin >= 2 else f"{smin:g}-2")
@@ -82,10 +88,8 @@ def superres_synthetic_section(runs: list[dict]) -> list[str]:
               "but not up to bicubic, and costs sem_aquami; a user would also need the image's noise level, which an "
               "estimate from the small image overstates where it has texture at the pixel scale. Since 0.1.0 the "
               "package offers share 1 as `emssl finetune --task superres --lattice-pairs` (next section). It is the "
-              "user's choice: the lattice detector finds a period in every benchmark image, SEM included.",
-              "", f"Device: {runs[0]['device']}, up to four runs at a time. Commands (with {ENV} in front): "
-              + " and ".join(f"`{r['command']}`" for r in runs) + "."]
-    return lines
+              "user's choice: the lattice detector finds a period in every benchmark image, SEM included."]
+    return lines + _footer(runs, "up to four runs at a time")
 
 
 def lattice_pairs_section(runs: list[dict], main: dict | None) -> list[str]:
@@ -127,11 +131,8 @@ def lattice_pairs_section(runs: list[dict], main: dict | None) -> list[str]:
         lines += ["", "Measured: the training seeds differ by at most " + ", ".join(f"{v:.3f} dB on {i}" for i, v in
                                                                               sorted(spread.items())) + " (one view)."]
     lines += ["", "Not for other images: a lattice period is also reported for the SEM and detector images, and the "
-              "synthetic columns are not their structures; the option is refused only where no period stands out at all.",
-              "", f"Device: {runs[0]['device']}, two runs at a time (one per core). Commands (with "
-              "`EMSSL_DATA=../shared/data PYTHONPATH=.bench-site:src` in front): "
-              + " and ".join(f"`{r['command']}`" for r in runs) + "."]
-    return lines
+              "synthetic columns are not their structures; the option is refused only where no period stands out at all."]
+    return lines + _footer(runs, "two runs at a time (one per core)", "`EMSSL_DATA=../shared/data PYTHONPATH=.bench-site:src`")
 
 
 def oracle_network_section(runs: list[dict]) -> list[str]:
@@ -163,10 +164,8 @@ def oracle_network_section(runs: list[dict]) -> list[str]:
               "more than ours, whose pairs come from the small image alone: there the pairs, not the network, are the "
               "limit. Where even the network shown the answer gains no more than ours, the finer image holds no detail "
               "this network can infer from the small one (its own shot noise and texture at the pixel scale), and no "
-              "choice of self-supervised pairs can close the gap to +1 dB.",
-              "", f"Device: {runs[0]['device']}, two runs at a time (one per core). Commands (with {ENV} in front): "
-              + " and ".join(f"`{r['command']}`" for r in runs) + "."]
-    return lines
+              "choice of self-supervised pairs can close the gap to +1 dB."]
+    return lines + _footer(runs, "two runs at a time (one per core)")
 
 
 def superres_lattice_lines(task: str, main: dict | None) -> list[str]:

@@ -42,7 +42,7 @@ from napari_emssl.tasks.metrics import restoration_metrics  # noqa: E402
 from napari_emssl.tasks.superres import back_project  # noqa: E402
 
 FACTOR = 2
-BACK_PROJECTION = 5
+BACK_PROJECTION = FinetuneConfig.back_projection  # what self-supervised models apply
 
 
 def main() -> None:

@@ -50,24 +50,14 @@ from napari_emssl import api  # noqa: E402
 from napari_emssl.config import FinetuneConfig, PredictConfig  # noqa: E402
 from napari_emssl.data.degrade import downscale_area, upscale_bicubic  # noqa: E402
 from napari_emssl.data.normalize import percentile_normalize  # noqa: E402
-from napari_emssl.data.synthetic import SynthSettings, make_sample  # noqa: E402
+from napari_emssl.data.synthetic import SynthSettings  # noqa: E402
 from napari_emssl.tasks import bgremove, superres  # noqa: E402
 from napari_emssl.tasks.denoise_corrections import noise_variance  # noqa: E402
 from napari_emssl.tasks.metrics import restoration_metrics  # noqa: E402
+from napari_emssl.tasks.superres_lattice import lattice_pairs  # noqa: E402
 from napari_emssl.tasks.restoration import restoration_loss, to_tensor  # noqa: E402
 
 FACTOR = 2
-
-
-def synthetic_pairs(rng: np.random.Generator, settings: SynthSettings, count: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """``count`` clean scenes of ``size`` px: ``(low, high)`` as ``(B, 1, size / 2, size / 2)`` and ``(B, 1, size, size)``."""
-    lows, highs = [], []
-    for _ in range(count):
-        clean = make_sample(rng, size, settings=settings).clean
-        low, stats = percentile_normalize(downscale_area(clean, FACTOR))
-        lows.append(low)
-        highs.append((clean - np.float32(stats.p_low)) / np.float32(stats.p_high - stats.p_low))
-    return np.stack(lows)[:, None].astype(np.float32), np.stack(highs)[:, None].astype(np.float32)
 
 
 def noise_fit(plane: np.ndarray) -> tuple[float, float]:
@@ -115,7 +105,7 @@ def mixed_loss_factory(share: float, settings: SynthSettings, seed: int, fit: tu
                     ups.append(superres.upsample_bicubic(add_noise(low, fit, 1.0 - 1.0 / factor**2), factor))
                 highs.append(high)
             if synthetic:
-                low, high = synthetic_pairs(rng, settings, synthetic, size or 128)
+                low, high = lattice_pairs(rng, settings, synthetic, size or 128, factor)
                 ups.append(superres.upsample_bicubic(add_noise(to_tensor(low, device), fit, 1.0), factor))
                 highs.append(to_tensor(high, device))
             up, high = torch.cat(ups), torch.cat(highs)

@@ -40,7 +40,7 @@ def find_period(image: np.ndarray) -> float:
     """The lattice period (px) of ``image`` (``(Y, X)``, or its middle plane of ``(Z, Y, X)``); :class:`InputError` if none."""
     image = np.asarray(image)
     plane = image if image.ndim == 2 else image[image.shape[0] // 2]
-    period = estimate_spacing(plane.astype(np.float32))
+    period = estimate_spacing(plane)
     if period is None:
         raise InputError("No atomic lattice was found in the image (no lattice reflection stands out in its power "
                          "spectrum): synthetic lattice pairs need an atomic-resolution image. Train without them.")
